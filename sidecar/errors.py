@@ -1,0 +1,64 @@
+"""The one error hierarchy of the sidecar; nothing here knows gRPC.
+
+Every error a user can cause or meet is a `SidecarError` whose message is one
+line naming the model, version or tensor involved. `sidecar.rpc.errors` maps
+each class to a gRPC status in exactly one place; anything else that escapes is
+a bug, answered INTERNAL with a generic message and logged in full.
+
+    SidecarError
+    ├── NotFoundError               unknown model or version
+    ├── InvalidInputError           the request is wrong (client error)
+    ├── UnavailableError            exists, but cannot serve now
+    ├── FailedPreconditionError     the command does not fit the current state
+    ├── ModelLoadError              a version's file cannot become READY
+    ├── ModelExecutionError         the model failed while running (server error)
+    ├── UnauthenticatedError        no or malformed credentials
+    ├── PermissionDeniedError       credentials that do not grant the call
+    └── UnimplementedError          an RPC or option this server does not offer
+"""
+
+from __future__ import annotations
+
+
+class SidecarError(Exception):
+    """Base class: `str(err)` is the one-line message shown to the caller."""
+
+    #: Whether the error is the client's fault; client errors never count
+    #: against a version's health.
+    client_error = False
+
+
+class NotFoundError(SidecarError):
+    client_error = True
+
+
+class InvalidInputError(SidecarError):
+    client_error = True
+
+
+class UnavailableError(SidecarError):
+    pass
+
+
+class FailedPreconditionError(SidecarError):
+    client_error = True
+
+
+class ModelLoadError(SidecarError):
+    pass
+
+
+class ModelExecutionError(SidecarError):
+    pass
+
+
+class UnauthenticatedError(SidecarError):
+    client_error = True
+
+
+class PermissionDeniedError(SidecarError):
+    client_error = True
+
+
+class UnimplementedError(SidecarError):
+    client_error = True

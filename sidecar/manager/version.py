@@ -1,0 +1,107 @@
+"""One model version as the manager tracks it: phase, identity, handles, counters.
+
+All mutation happens on the event loop thread (requests take and release
+handles in their coroutine; loads finish there too), so counters need no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sidecar.loader.onnx import LoadedModel
+
+
+class Phase(enum.Enum):
+    """Lifecycle of a version. Its *role* (ACTIVE, PREVIOUS, WARM) comes from
+    the serving state while it is READY; see `ModelVersion.state`."""
+
+    UNLOADED = "UNLOADED"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    FAILED = "FAILED"
+
+
+@dataclass(slots=True)
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass(slots=True)
+class VersionStats:
+    """Cumulative since load, Triton's statistics vocabulary.
+
+    `fail` counts server-side failures only (the model raised); requests
+    refused for bad input never reach the model and are not counted.
+    """
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0  # batch elements inferred
+    execution_count: int = 0  # model runs
+    last_inference_ms: int = 0
+    #: Mean compute time, exponentially weighted; decides inline vs pool.
+    mean_infer_ns: float = 0.0
+
+    def record_success(self, total_ns: int, infer_ns: int, batch: int) -> None:
+        self.success.add(total_ns)
+        self.compute_infer.add(infer_ns)
+        self.inference_count += batch
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.mean_infer_ns += (infer_ns - self.mean_infer_ns) * 0.05
+
+    def record_failure(self, total_ns: int) -> None:
+        self.fail.add(total_ns)
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+
+@dataclass(eq=False, slots=True)
+class ModelVersion:
+    model: str
+    number: int
+    path: Path
+    phase: Phase = Phase.UNLOADED
+    reason: str = ""
+    loaded: LoadedModel | None = None
+    loaded_at: float = 0.0  # unix seconds
+    activated_at: float = 0.0
+    inflight: int = 0
+    stats: VersionStats = field(default_factory=VersionStats)
+    _drained: asyncio.Event | None = None
+
+    @property
+    def label(self) -> str:
+        return f"model '{self.model}' version {self.number}"
+
+    @property
+    def digest(self) -> str:
+        return self.loaded.identity.digest if self.loaded else ""
+
+    def release(self) -> None:
+        """Give back a handle taken by `ModelManager.acquire`."""
+        self.inflight -= 1
+        if self.inflight == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def drain(self) -> None:
+        """Wait until no request holds this version. Call after it left serving."""
+        if self.inflight == 0:
+            return
+        self._drained = asyncio.Event()
+        if self.inflight:  # re-check: release() may have run meanwhile
+            await self._drained.wait()
+        self._drained = None

@@ -1,0 +1,237 @@
+"""Protobuf messages of `inference.GRPCInferenceService` <-> handler dataclasses.
+
+The only module that reads or builds the data plane's messages. Requests come
+raw (`raw_input_contents`, what tritonclient sends) or typed (`contents.*`);
+mixing the two is refused. Responses are always raw, one entry per output in
+the order of `outputs`, which is what tritonclient decodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numpy as np
+
+from sidecar.datatypes import CONFIG_TYPES, KNOWN_DATATYPES, NUMPY_DTYPES
+from sidecar.errors import InvalidInputError
+from sidecar.handlers.types import (
+    IndexEntry,
+    InferInput,
+    InferRequest,
+    InferResult,
+    ModelMetadata,
+    VersionStatistics,
+)
+from sidecar.loader.signature import TensorSpec
+from sidecar.rpc.codec import decode_raw, element_count, encode_raw
+from sidecar.rpc.proto import inference_pb2 as pb
+
+#: V2 datatype -> the typed-contents field that carries it (FP16/BF16: raw only).
+TYPED_FIELDS: Final[dict[str, str]] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_TYPED_NAMES: Final = tuple(sorted(set(TYPED_FIELDS.values())))
+
+
+def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
+    raw = msg.raw_input_contents
+    model = msg.model_name
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidInputError(
+            f"request for model '{model}' has {len(msg.inputs)} input(s) but"
+            f" {len(raw)} raw_input_contents entries"
+        )
+    inputs: list[InferInput] = []
+    for index, tensor in enumerate(msg.inputs):
+        where = f"input '{tensor.name}' of model '{model}'"
+        datatype = tensor.datatype
+        if datatype not in KNOWN_DATATYPES:
+            raise InvalidInputError(f"{where}: unknown datatype '{datatype}'")
+        if datatype not in NUMPY_DTYPES:
+            raise InvalidInputError(f"{where}: datatype {datatype} is not supported")
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInputError(f"{where}: shape {list(shape)} has a negative dimension")
+        typed = _typed_values(tensor)
+        if raw:
+            if typed is not None:
+                raise InvalidInputError(
+                    f"{where}: has typed contents while the request uses raw_input_contents;"
+                    " use one form for all inputs"
+                )
+            data = decode_raw(where, datatype, shape, raw[index])
+        else:
+            data = _decode_typed(where, datatype, shape, typed)
+        inputs.append(InferInput(tensor.name, datatype, shape, data))
+    return InferRequest(
+        model=model,
+        version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        outputs=[o.name for o in msg.outputs],
+    )
+
+
+def _typed_values(tensor: Any) -> tuple[str, Any] | None:
+    """(field name, values) of the one non-empty typed field, or None."""
+    if not tensor.HasField("contents"):
+        return None
+    contents = tensor.contents
+    found = [(name, getattr(contents, name)) for name in _TYPED_NAMES if getattr(contents, name)]
+    if len(found) > 1:
+        raise InvalidInputError(
+            f"input '{tensor.name}': typed contents fill several fields"
+            f" ({', '.join(n for n, _ in found)}); use the one of its datatype"
+        )
+    return found[0] if found else None
+
+
+def _decode_typed(
+    where: str, datatype: str, shape: tuple[int, ...], typed: tuple[str, Any] | None
+) -> np.ndarray:
+    count = element_count(shape)
+    if typed is None:
+        if count == 0:
+            return np.empty(shape, dtype=NUMPY_DTYPES[datatype])
+        raise InvalidInputError(f"{where}: no data (neither raw nor typed contents)")
+    name, values = typed
+    expected = TYPED_FIELDS.get(datatype)
+    if expected is None:
+        raise InvalidInputError(
+            f"{where}: {datatype} has no typed contents field; send it in raw_input_contents"
+        )
+    if name != expected:
+        raise InvalidInputError(f"{where}: {datatype} data belongs in contents.{expected}, "
+                                f"not contents.{name}")
+    if len(values) != count:
+        raise InvalidInputError(
+            f"{where}: contents.{name} holds {len(values)} elements, but shape"
+            f" {list(shape)} needs {count}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    dtype = NUMPY_DTYPES[datatype]
+    if dtype.kind in "iu" and dtype.itemsize < 4:
+        wide = np.asarray(values, dtype=np.int64)
+        info = np.iinfo(dtype.type)  # type: ignore[type-var]
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            raise InvalidInputError(
+                f"{where}: a value is out of the {datatype} range [{info.min}, {info.max}]"
+            )
+        return wide.astype(dtype).reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def infer_response(result: InferResult) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(
+        model_name=result.model, model_version=result.version, id=result.id
+    )
+    outputs = response.outputs
+    raw = response.raw_output_contents
+    for out in result.outputs:
+        outputs.add(name=out.name, datatype=out.datatype, shape=out.data.shape)
+        raw.append(encode_raw(out.datatype, out.data))
+    return response
+
+
+def _tensor_metadata(
+    specs: tuple[TensorSpec, ...],
+) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [
+        pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
+        for t in specs
+    ]
+
+
+def metadata_response(meta: ModelMetadata) -> pb.ModelMetadataResponse:
+    return pb.ModelMetadataResponse(
+        name=meta.name,
+        versions=meta.versions,
+        platform=meta.platform,
+        inputs=_tensor_metadata(meta.inputs),
+        outputs=_tensor_metadata(meta.outputs),
+    )
+
+
+def config_response(meta: ModelMetadata, parameters: dict[str, str]) -> pb.ModelConfigResponse:
+    config = pb.ModelConfig(
+        name=meta.name,
+        platform=meta.platform,
+        backend="onnxruntime",
+        max_batch_size=0,  # dims below include any batch dimension (as -1)
+        input=[
+            pb.ModelInput(name=t.name, data_type=CONFIG_TYPES[t.datatype], dims=t.shape)
+            for t in meta.inputs
+        ],
+        output=[
+            pb.ModelOutput(name=t.name, data_type=CONFIG_TYPES[t.datatype], dims=t.shape)
+            for t in meta.outputs
+        ],
+        parameters={k: pb.ModelParameter(string_value=v) for k, v in parameters.items()},
+    )
+    config.version_policy.specific.versions.extend(int(v) for v in meta.versions)
+    return pb.ModelConfigResponse(config=config)
+
+
+def index_response(rows: list[IndexEntry]) -> pb.RepositoryIndexResponse:
+    return pb.RepositoryIndexResponse(
+        models=[
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=r.name, version=r.version, state=r.state, reason=r.reason
+            )
+            for r in rows
+        ]
+    )
+
+
+def _duration(pair: tuple[int, int]) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=pair[0], ns=pair[1])
+
+
+def statistics_response(rows: list[VersionStatistics]) -> pb.ModelStatisticsResponse:
+    return pb.ModelStatisticsResponse(
+        model_stats=[
+            pb.ModelStatistics(
+                name=r.name,
+                version=r.version,
+                last_inference=r.last_inference_ms,
+                inference_count=r.inference_count,
+                execution_count=r.execution_count,
+                inference_stats=pb.InferStatistics(
+                    success=_duration(r.success),
+                    fail=_duration(r.fail),
+                    compute_infer=_duration(r.compute_infer),
+                ),
+            )
+            for r in rows
+        ]
+    )
+
+
+def load_version(msg: pb.RepositoryModelLoadRequest) -> int | None:
+    """The optional `version` parameter of RepositoryModelLoad (int or string)."""
+    param = msg.parameters.get("version")
+    if param is None:
+        return None
+    kind = param.WhichOneof("parameter_choice")
+    value: Any = getattr(param, kind) if kind else None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0 or isinstance(value, bool):
+        raise InvalidInputError(f"parameter 'version' must be a positive integer, got {value!r}")
+    return number

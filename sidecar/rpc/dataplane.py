@@ -1,0 +1,117 @@
+"""Servicer of `inference.GRPCInferenceService`: unpack, call the handler, pack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+
+from sidecar.handlers.dataplane import DataPlane
+from sidecar.rpc import converters
+from sidecar.rpc.errors import guarded, to_status
+from sidecar.rpc.proto import inference_pb2 as pb
+from sidecar.rpc.proto import inference_pb2_grpc as pb_grpc
+
+Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane, session_options: dict[str, str]) -> None:
+        self._plane = plane
+        self._session_options = session_options
+
+    @guarded
+    async def ServerLive(self, request: Any, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._plane.live())
+
+    @guarded
+    async def ServerReady(self, request: Any, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._plane.ready())
+
+    @guarded
+    async def ModelReady(self, request: Any, context: Context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._plane.model_ready(request.name, request.version))
+
+    @guarded
+    async def ServerMetadata(self, request: Any, context: Context) -> pb.ServerMetadataResponse:
+        name, version, extensions = self._plane.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+    @guarded
+    async def ModelMetadata(self, request: Any, context: Context) -> pb.ModelMetadataResponse:
+        meta = self._plane.model_metadata(request.name, request.version)
+        return converters.metadata_response(meta)
+
+    @guarded
+    async def ModelConfig(self, request: Any, context: Context) -> pb.ModelConfigResponse:
+        meta = self._plane.model_metadata(request.name, request.version)
+        return converters.config_response(meta, self._session_options)
+
+    @guarded
+    async def ModelStatistics(self, request: Any, context: Context) -> pb.ModelStatisticsResponse:
+        rows = self._plane.statistics(request.name, request.version)
+        return converters.statistics_response(rows)
+
+    @guarded
+    async def ModelInfer(self, request: Any, context: Context) -> pb.ModelInferResponse:
+        result = await self._plane.infer(converters.infer_request(request))
+        return converters.infer_response(result)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # Each request gets one response; an error goes into error_message and
+        # the stream stays open (what tritonclient's stream API expects).
+        async for request in request_iterator:
+            try:
+                result = await self._plane.infer(converters.infer_request(request))
+            except Exception as exc:
+                _, message = to_status(exc, "ModelStreamInfer")
+                yield pb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, id=request.id
+                    ),
+                )
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=converters.infer_response(result))
+
+    @guarded
+    async def RepositoryIndex(self, request: Any, context: Context) -> pb.RepositoryIndexResponse:
+        return converters.index_response(self._plane.repository_index(request.ready))
+
+    @guarded
+    async def RepositoryModelLoad(
+        self, request: Any, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        await self._plane.load(request.model_name, converters.load_version(request))
+        return pb.RepositoryModelLoadResponse()
+
+    @guarded
+    async def RepositoryModelUnload(
+        self, request: Any, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._plane.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _unimplemented(name: str, what: str) -> Any:
+    async def method(self: InferenceServicer, request: Any, context: Context) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name}: {what} is not supported")
+
+    method.__name__ = name
+    return method
+
+
+for _name, _what in {
+    "SystemSharedMemoryStatus": "system shared memory",
+    "SystemSharedMemoryRegister": "system shared memory",
+    "SystemSharedMemoryUnregister": "system shared memory",
+    "CudaSharedMemoryStatus": "CUDA shared memory",
+    "CudaSharedMemoryRegister": "CUDA shared memory",
+    "CudaSharedMemoryUnregister": "CUDA shared memory",
+    "TraceSetting": "tracing",
+    "LogSettings": "changing log settings",
+}.items():
+    setattr(InferenceServicer, _name, _unimplemented(_name, _what))

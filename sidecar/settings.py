@@ -1,0 +1,120 @@
+"""Settings: one frozen object, read once from flags and `SIDECAR_*` variables.
+
+Each field's metadata holds its help text; the CLI builds `sidecar serve`'s
+flags from these fields, so a setting, its flag (`--model-repository`) and its
+variable (`SIDECAR_MODEL_REPOSITORY`) cannot drift apart. Precedence: flag,
+then environment, then the default here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def _setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the sidecar can be told at start. Documented in README.md."""
+
+    model_repository: Path = _setting(
+        Path("models"), "Model repository: <dir>/<model>/<version>/model.onnx."
+    )
+    listen: str = _setting(
+        "0.0.0.0:8001",
+        "HOST:PORT of the inference gRPC server (Open Inference Protocol, health,"
+        " reflection). Port 0 picks a free port; the chosen address is logged.",
+    )
+    max_message_mb: int = _setting(
+        256,
+        "Largest gRPC message received or sent, in MiB (grpc's default is 4)."
+        " Larger requests get RESOURCE_EXHAUSTED.",
+    )
+    inference_threads: int = _setting(
+        0,
+        "Threads that run inferences too long to run inline on the event loop"
+        " (0: one per CPU core).",
+    )
+    inline_max_us: int = _setting(
+        1000,
+        "Run a version's inferences inline on the event loop while its mean"
+        " compute time stays below this many microseconds; longer ones go to the"
+        " thread pool (0: always the pool). See docs/design.md.",
+    )
+    max_concurrent_rpcs: int = _setting(
+        0, "Calls accepted at once before RESOURCE_EXHAUSTED (0: unlimited)."
+    )
+    intra_op_threads: int = _setting(
+        1,
+        "onnxruntime threads inside one operator (0: onnxruntime's default, one"
+        " per physical core).",
+    )
+    inter_op_threads: int = _setting(
+        1, "onnxruntime threads across operators (0: onnxruntime's default)."
+    )
+    graph_optimization: str = _setting(
+        "all",
+        "onnxruntime graph optimisation level.",
+        choices=("disable", "basic", "extended", "all"),
+    )
+    providers: str = _setting(
+        "CPUExecutionProvider",
+        "Comma-separated onnxruntime execution providers, in order of preference.",
+    )
+    load_threads: int = _setting(
+        2, "Versions loaded at once (loads never run on the request path)."
+    )
+    strict_readiness: bool = _setting(
+        True,
+        "Server readiness (ServerReady, health service \"\") requires every model"
+        " in the repository to have a serving version; off: the server is ready"
+        " once startup is done.",
+    )
+    grace_s: float = _setting(
+        20.0, "On SIGTERM/SIGINT, seconds in-flight calls get to finish."
+    )
+    log_format: str = _setting("json", "Log line format.", choices=("json", "text"))
+    log_level: str = _setting(
+        "info", "Log level.", choices=("debug", "info", "warning", "error")
+    )
+
+    @property
+    def max_message_bytes(self) -> int:
+        # grpc caps message sizes at a signed 32-bit int.
+        return min(self.max_message_mb * MIB, 2**31 - 1)
+
+    @property
+    def provider_list(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.providers.split(",") if p.strip())
+
+    @property
+    def effective_inference_threads(self) -> int:
+        return self.inference_threads or (os.cpu_count() or 1)
+
+
+def env_name(name: str) -> str:
+    return "SIDECAR_" + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def setting_fields() -> list[Any]:
+    return list(fields(Settings))
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true or false)")

@@ -1,0 +1,1 @@
+"""Source: what the model repository holds. Knows nothing of sessions or gRPC."""
