@@ -158,6 +158,18 @@ def dtypes_model() -> onnx.ModelProto:
     return _finish(helper.make_graph(nodes, "dtypes", inputs, outputs))
 
 
+def identity_model(datatype: str) -> onnx.ModelProto:
+    """``OUT = Identity(IN)`` of shape [n] for one V2 datatype of ``DTYPES``."""
+    element = dict(DTYPES)[datatype]
+    node = helper.make_node("Identity", ["IN"], ["OUT"])
+    graph = helper.make_graph(
+        [node], f"identity_{datatype.lower()}",
+        [helper.make_tensor_value_info("IN", element, ["n"])],
+        [helper.make_tensor_value_info("OUT", element, ["n"])],
+    )
+    return _finish(graph)
+
+
 def dense_model(seed: int = 0, width: int = 512, hidden: int = 1024) -> onnx.ModelProto:
     """A compute-bound MLP for benchmarks: FP32 [batch, width] -> FP32 [batch, width].
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -33,6 +34,26 @@ class InferenceServer:
         await self.health.set(health.OVERALL_HEALTH, SERVING if ready else NOT_SERVING)
 
 
+def check_bindable(listen: str) -> None:
+    """Bind the address once with a plain socket, so a port in use or an address
+    not on this host is reported with the OS's reason before grpc tries it."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise BindError(f"cannot listen on {listen}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(f"cannot listen on {listen}: {exc.strerror}") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise BindError(f"cannot listen on {listen}: {exc.strerror}") from exc
+
+
 def build_server(
     plane: DataPlane,
     *,
@@ -62,6 +83,7 @@ def build_server(
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
+    check_bindable(listen)
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as exc:

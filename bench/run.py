@@ -1,0 +1,268 @@
+"""Data-plane benchmark: the sidecar against a minimal grpc.aio server.
+
+This module is the entry point and owns the plan of a benchmark invocation:
+it writes the models, measures the in-process floor, then alternates measured
+runs of the sidecar and of the minimal baseline (bench/minimal_server.py) for
+each scenario, and prints one table per scenario (medians across rounds).
+
+    python bench/run.py [--duration S] [--concurrency N] [--rounds R] [--json FILE]
+                        [--scenario tiny|dense ...] [--sidecar-arg=--flag=value ...]
+
+Scenarios (targets from the design's "Performance targets"):
+- tiny: batch 1 of `tiny` (INPUT0 FP32 [1, 4]), transport-bound, >= 0.9x.
+- dense: batch 8 of `dense` (INPUT0 FP32 [8, 512], ~4 MB), compute-bound, >= 1.0x.
+Both: p99 no worse than 1.2x the baseline's.
+
+Rows: floor (onnxruntime `session.run` in a loop in this process, one thread,
+default session options), minimal, sidecar. The servers run as subprocesses
+and are driven by the same load generator (bench/loadgen.py); server CPU and
+RSS come from /proc (bench/servers.py). Figures are not asserted anywhere:
+docs/performance.md records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+
+import loadgen
+import report
+import servers
+from loadgen import Schedule, Workload
+from report import Figures, Targets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+import make_models  # noqa: E402
+
+#: Lead time between `go` and the warm-up: the workers connect in it.
+LEAD_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    key: str
+    title: str
+    model: str
+    model_file: Path
+    repository: Path  # holds this model only, so the servers' RSS compare
+    feeds: dict[str, np.ndarray]
+    workload: Workload
+    targets: Targets
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="measured seconds per run (default 10)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="seconds of load before each measured window (default 1)")
+    parser.add_argument("--concurrency", type=int, default=16,
+                        help="calls in flight from the clients (default 16)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="sidecar/minimal pairs of runs per scenario (default 3)")
+    parser.add_argument("--scenario", action="append", choices=("tiny", "dense"),
+                        help="run only this scenario (repeatable; default both)")
+    parser.add_argument("--sidecar-arg", action="append", default=[], metavar="ARG",
+                        help="extra flag for `sidecar serve`, e.g."
+                        " --sidecar-arg=--inline-max-us=0 (repeatable)")
+    parser.add_argument("--client-procs", type=int, default=1,
+                        help="client worker processes sharing the calls in flight (default 1)")
+    parser.add_argument("--client-mode", choices=loadgen.MODES, default="aio",
+                        help="grpc.aio tasks or sync stubs in threads (default aio)")
+    parser.add_argument("--json", type=Path, help="write the raw figures to this file")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("duration > 0, warmup >= 0, concurrency >= 1 and rounds >= 1 please")
+    if not 1 <= args.client_procs <= args.concurrency:
+        parser.error("--client-procs must be between 1 and --concurrency")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "grpcio": grpc.__version__,
+        "numpy": np.__version__,
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+# ---- scenarios -----------------------------------------------------------------------
+
+
+def build_scenario(
+    key: str, root: Path, model: Any, batch: int, width: int, targets: Targets
+) -> Scenario:
+    repository = root / f"repo-{key}"
+    model_file = make_models.write_model(model, repository, key, 1)
+    data = np.random.default_rng(seed=7).standard_normal((batch, width), dtype=np.float32)
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    output = session.get_outputs()[0].name
+    (expected,) = session.run([output], {"INPUT0": data})
+    workload = Workload(
+        model=key,
+        input_name="INPUT0",
+        datatype="FP32",
+        shape=data.shape,
+        payload=data.tobytes(),
+        output_name=output,
+        output_shape=tuple(expected.shape),
+        expected=np.ascontiguousarray(expected, dtype=np.float32).tobytes(),
+    )
+    title = f"batch-{batch} {key} (INPUT0 FP32 {list(data.shape)})"
+    return Scenario(key, title, key, model_file, repository, {"INPUT0": data}, workload, targets)
+
+
+def build_scenarios(root: Path, keys: Sequence[str]) -> list[Scenario]:
+    makers = {
+        "tiny": lambda: build_scenario(
+            "tiny", root, make_models.tiny_model(1), 1, make_models.TINY_IN, Targets(0.9)
+        ),
+        "dense": lambda: build_scenario(
+            "dense", root, make_models.dense_model(), 8, 512, Targets(1.0)
+        ),
+    }
+    return [makers[k]() for k in keys]
+
+
+# ---- measured runs -------------------------------------------------------------------
+
+
+def measure_floor(scenario: Scenario, warmup_s: float, duration_s: float) -> Figures:
+    """session.run in a loop on one thread of this process: no transport at all."""
+    session = ort.InferenceSession(str(scenario.model_file), providers=["CPUExecutionProvider"])
+    feeds = scenario.feeds
+    warm_end = time.monotonic() + warmup_s
+    while time.monotonic() < warm_end:
+        session.run(None, feeds)
+    latencies: list[float] = []
+    cpu0 = time.process_time()  # every thread of this process, onnxruntime's included
+    start = time.monotonic()
+    end = start + duration_s
+    while (t0 := time.monotonic()) < end:
+        session.run(None, feeds)
+        latencies.append(time.monotonic() - t0)
+    cpu = time.process_time() - cpu0
+    window = time.monotonic() - start
+    del session
+    gc.collect()
+    return report.figures("floor", 0, latencies, window_s=window, cpu_s=cpu, rss_mb=None,
+                          errors=0)
+
+
+def start_server(kind: str, scenario: Scenario, sidecar_args: Sequence[str]) -> servers.Server:
+    if kind == "sidecar":
+        command = servers.sidecar_command(scenario.repository, sidecar_args)
+        return servers.start(kind, command, servers.sidecar_ready)
+    return servers.start(kind, servers.minimal_command(scenario.model_file), servers.minimal_ready)
+
+
+def measure_server(kind: str, round_: int, scenario: Scenario, args: argparse.Namespace) -> Figures:
+    """One run: clients and server start together, warm-up, measured window."""
+    clients = loadgen.start_clients(
+        scenario.workload, processes=args.client_procs, concurrency=args.concurrency,
+        mode=args.client_mode,
+    )
+    try:
+        server = start_server(kind, scenario, args.sidecar_arg)
+    except BaseException:
+        clients.close()
+        raise
+    try:
+        clients.wait_ready()
+        begin = time.monotonic() + LEAD_S
+        schedule = Schedule(begin, begin + args.warmup, begin + args.warmup + args.duration)
+        clients.go(server.address, schedule)
+        _sleep_until(schedule.measure)
+        cpu0 = server.cpu_seconds()
+        _sleep_until(schedule.end)
+        cpu = server.cpu_seconds() - cpu0
+        rss = server.rss_mb()
+        result = clients.collect()
+    finally:
+        server.stop()
+    return report.figures(kind, round_, result.latencies_s, window_s=args.duration, cpu_s=cpu,
+                          rss_mb=rss, errors=result.errors)
+
+
+def _sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.monotonic()))
+
+
+def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]:
+    floor = measure_floor(scenario, args.warmup, args.duration)
+    runs: dict[str, list[Figures]] = {k: [] for k in report.SERVERS}
+    for round_ in range(args.rounds):
+        # Alternate, so drift on a shared machine hits both servers alike.
+        for kind in ("sidecar", "minimal"):
+            figures = measure_server(kind, round_, scenario, args)
+            runs[kind].append(figures)
+            print(f"  {scenario.key} round {round_ + 1}/{args.rounds} {kind:<8}"
+                  f" {figures.req_s:8.0f} req/s  p99 {figures.p99_ms:7.3f} ms"
+                  f"  errors {figures.errors}", flush=True)
+    medians = [floor, *(report.median(runs[k]) for k in report.SERVERS)]
+    ratios = report.ratios(runs["minimal"], runs["sidecar"])
+    print()
+    print(report.table(scenario.title, medians, ratios, scenario.targets))
+    errors = sum(f.errors for k in report.SERVERS for f in runs[k])
+    if errors:
+        print(f"ERRORS: {errors} failed calls; the figures above are not valid")
+    print(flush=True)
+    return {
+        "title": scenario.title,
+        "targets": asdict(scenario.targets),
+        "floor": asdict(floor),
+        "runs": {k: [asdict(f) for f in v] for k, v in runs.items()},
+        "medians": [asdict(f) for f in medians],
+        "ratios": asdict(ratios),
+        "errors": errors,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = machine()
+    print(f"machine: {info['cpu_count']} CPUs ({info['cpu_model']}), python {info['python']},"
+          f" onnxruntime {info['onnxruntime']}, grpcio {info['grpcio']},"
+          f" load average {' '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}")
+    print(f"load: {args.concurrency} calls in flight from {args.client_procs} {args.client_mode}"
+          f" client process(es); {args.warmup:g} s warm-up + {args.duration:g} s measured;"
+          f" {args.rounds} round(s); sidecar args: {' '.join(args.sidecar_arg) or '(none)'}")
+    print(flush=True)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
+        for scenario in build_scenarios(Path(tmp), args.scenario or ["tiny", "dense"]):
+            results[scenario.key] = run_scenario(scenario, args)
+    if args.json:
+        payload = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
+                   "scenarios": results}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 1 if any(r["errors"] for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Fixtures: model repositories made by examples/make_models.py, and real
+sidecar servers run as subprocesses on 127.0.0.1:0.
+
+The server runs in its own process because tritonclient's generated module and
+the sidecar's both define the protobuf package `inference`; one process cannot
+load both. Tests talk to it with tritonclient (and its generated stubs for
+what tritonclient's API cannot send, such as typed contents).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import make_models
+import pytest
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+class ServerProcess:
+    """A `sidecar serve` subprocess, its JSON log lines and its address."""
+
+    def __init__(self, repo: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.repo = repo
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.log: list[dict[str, Any]] = []
+        cmd = [
+            sys.executable, "-m", "sidecar", "serve",
+            "--model-repository", str(repo),
+            "--listen", "127.0.0.1:0",
+            "--log-format", "json",
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        serving = self.wait_for("serving")
+        self.address: str = serving["address"]
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = {"event": "non-json", "line": line}
+            self.log.append(record)
+            self.lines.put(record)
+        self.lines.put({"event": "<exit>"})
+
+    def wait_for(self, event: str, timeout: float = STARTUP_TIMEOUT_S, **fields: Any
+                 ) -> dict[str, Any]:
+        """Block until a log line with this event (and fields) arrives."""
+        while True:
+            try:
+                record = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no '{event}' log line within {timeout}s") from None
+            if record.get("event") == "<exit>":
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise AssertionError(f"server exited before '{event}': {err}")
+            if record.get("event") == event and all(
+                record.get(k) == v for k, v in fields.items()
+            ):
+                return record
+
+    def channel(self, **options: int) -> grpc.Channel:
+        return grpc.insecure_channel(self.address, options=list(options.items()))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream:
+                    stream.close()
+
+
+def write_standard_repo(repo: Path) -> Path:
+    """tiny v1+v2, text v1, dtypes v1, int8 v1: the repository most tests serve."""
+    make_models.build_examples(repo)
+    make_models.write_model(make_models.dtypes_model(), repo, "dtypes", 1)
+    make_models.write_model(make_models.identity_model("INT8"), repo, "int8", 1)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def standard_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_standard_repo(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session")
+def server(standard_repo: Path) -> Iterator[ServerProcess]:
+    """One shared server over the standard repository; tests must not change it."""
+    proc = ServerProcess(standard_repo)
+    yield proc
+    assert proc.stop() == 0
+
+
+@pytest.fixture
+def start_server() -> Iterator[Any]:
+    """Start a server of the test's own; it is stopped (and must exit 0) after."""
+    started: list[ServerProcess] = []
+
+    def start(repo: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(repo, *args, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        assert proc.stop() == 0, proc.proc.stderr
