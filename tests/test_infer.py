@@ -86,7 +86,7 @@ def test_requested_output_subset_in_requested_order(server: ServerProcess) -> No
 
 def test_bytes_tensor_round_trips_through_a_string_model(server: ServerProcess) -> None:
     """BYTES inputs reach the ONNX string model as text; outputs come back as BYTES."""
-    text = np.array([b"hello", "World".encode(), b""], dtype=object)
+    text = np.array([b"hello", b"World", b""], dtype=object)
     result = client(server.address).infer("text", [infer_input("TEXT", text, "BYTES")])
     assert result.get_response().outputs[0].datatype == "BYTES"
     assert result.as_numpy("UPPER").tolist() == [b"HELLO", b"WORLD", b""]
@@ -144,7 +144,7 @@ def test_stream_infer_answers_each_request_and_survives_errors(server: ServerPro
         got = [results.get(timeout=30) for _ in range(3)]
     finally:
         c.stop_stream()
-    (r1, e1), (r2, e2), (r3, e3) = got
+    (r1, e1), (_, e2), (r3, e3) = got
     assert e1 is None and r1.get_response().id == "a"
     assert isinstance(e2, tc.InferenceServerException) and "NOPE" in e2.message()
     assert e3 is None
