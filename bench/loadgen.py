@@ -92,6 +92,10 @@ class Clients:
         self._procs = procs
         self._conns = conns
 
+    @property
+    def pids(self) -> list[int]:
+        return [int(proc.pid) for proc in self._procs]
+
     def wait_ready(self, timeout: float = WORKER_TIMEOUT_S) -> None:
         for conn in self._conns:
             message = _recv(conn, timeout, "start")

@@ -12,6 +12,10 @@ It uses tritonclient's generated modules and never imports the `sidecar`
 package, so nothing the sidecar does can leak into the baseline.
 
     python bench/minimal_server.py --model PATH --listen HOST:PORT [--max-message-mb N]
+                                   [--intra-op-threads N]
+
+`--intra-op-threads` (not set by default) exists to compare the sidecar with a
+baseline given the same onnxruntime thread count, besides the default one.
 
 Prints one line `listening HOST:PORT` (the actual port when given port 0) to
 stdout once it accepts calls; stops on SIGTERM or SIGINT.
@@ -86,12 +90,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="path of the ONNX file to serve")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free)")
     parser.add_argument("--max-message-mb", type=int, default=256, help="largest message, MiB")
+    parser.add_argument(
+        "--intra-op-threads", type=int, default=0,
+        help="onnxruntime intra-op threads (default 0: onnxruntime's default options)",
+    )
     return parser.parse_args(argv)
 
 
-async def serve(model: str, listen: str, max_message_mb: int) -> None:
+def load(model: str, intra_op_threads: int) -> Any:
+    """The session: onnxruntime's default options unless told a thread count."""
+    options = ort.SessionOptions()
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+async def serve(session: Any, listen: str, max_message_mb: int) -> None:
     """Serve until SIGTERM/SIGINT; print the bound address once started."""
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     size = min(max_message_mb * MIB, 2**31 - 1)
     server = grpc.aio.server(
         options=[
@@ -115,7 +130,8 @@ async def serve(model: str, listen: str, max_message_mb: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    asyncio.run(serve(args.model, args.listen, args.max_message_mb))
+    session = load(args.model, args.intra_op_threads)
+    asyncio.run(serve(session, args.listen, args.max_message_mb))
     return 0
 
 

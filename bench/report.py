@@ -31,6 +31,14 @@ class Figures:
     cpu_us_per_req: float
     rss_mb: float | None  # None for the floor (the benchmark process itself)
     errors: int
+    #: CPU of the client processes per request (0 for the floor): shows whether
+    #: the clients or the server ran out of CPU.
+    client_cpu_us_per_req: float = 0.0
+
+    @property
+    def server_cores(self) -> float:
+        """Mean CPU cores the server (or the floor's process) used in the window."""
+        return self.cpu_us_per_req * self.req_s / 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +58,7 @@ def figures(
     cpu_s: float,
     rss_mb: float | None,
     errors: int,
+    client_cpu_s: float = 0.0,
 ) -> Figures:
     count = len(latencies_s)
     if count:
@@ -67,6 +76,7 @@ def figures(
         cpu_us_per_req=cpu_s / count * 1e6 if count else float("nan"),
         rss_mb=rss_mb,
         errors=errors,
+        client_cpu_us_per_req=client_cpu_s / count * 1e6 if count else float("nan"),
     )
 
 
@@ -84,6 +94,7 @@ def median(runs: list[Figures]) -> Figures:
         cpu_us_per_req=statistics.median(r.cpu_us_per_req for r in runs),
         rss_mb=statistics.median(rss) if rss else None,
         errors=sum(r.errors for r in runs),
+        client_cpu_us_per_req=statistics.median(r.client_cpu_us_per_req for r in runs),
     )
 
 

@@ -7,6 +7,7 @@ each scenario, and prints one table per scenario (medians across rounds).
 
     python bench/run.py [--duration S] [--concurrency N] [--rounds R] [--json FILE]
                         [--scenario tiny|dense ...] [--sidecar-arg=--flag=value ...]
+                        [--minimal-arg=--flag=value ...] [--client-procs P] [--client-mode M]
 
 Scenarios (targets from the design's "Performance targets"):
 - tiny: batch 1 of `tiny` (INPUT0 FP32 [1, 4]), transport-bound, >= 0.9x.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import platform
@@ -33,21 +35,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import grpc
+import loadgen
 import numpy as np
 import onnxruntime as ort
-
-import loadgen
 import report
 import servers
 from loadgen import Schedule, Workload
 from report import Figures, Targets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-import make_models  # noqa: E402
-
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: Lead time between `go` and the warm-up: the workers connect in it.
 LEAD_S = 0.05
 
@@ -79,6 +79,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sidecar-arg", action="append", default=[], metavar="ARG",
                         help="extra flag for `sidecar serve`, e.g."
                         " --sidecar-arg=--inline-max-us=0 (repeatable)")
+    parser.add_argument("--minimal-arg", action="append", default=[], metavar="ARG",
+                        help="extra flag for bench/minimal_server.py, e.g."
+                        " --minimal-arg=--intra-op-threads=1 (repeatable)")
     parser.add_argument("--client-procs", type=int, default=1,
                         help="client worker processes sharing the calls in flight (default 1)")
     parser.add_argument("--client-mode", choices=loadgen.MODES, default="aio",
@@ -114,11 +117,20 @@ def _cpu_model() -> str:
 # ---- scenarios -----------------------------------------------------------------------
 
 
+def make_models() -> ModuleType:
+    """examples/make_models.py, the project's one source of generated models."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module("make_models")
+
+
 def build_scenario(
     key: str, root: Path, model: Any, batch: int, width: int, targets: Targets
 ) -> Scenario:
+    # One repository per scenario holding only its model, as the minimal server
+    # holds only one: their RSS then compare.
     repository = root / f"repo-{key}"
-    model_file = make_models.write_model(model, repository, key, 1)
+    model_file = make_models().write_model(model, repository, key, 1)
     data = np.random.default_rng(seed=7).standard_normal((batch, width), dtype=np.float32)
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
     output = session.get_outputs()[0].name
@@ -138,12 +150,13 @@ def build_scenario(
 
 
 def build_scenarios(root: Path, keys: Sequence[str]) -> list[Scenario]:
+    models = make_models()
     makers = {
         "tiny": lambda: build_scenario(
-            "tiny", root, make_models.tiny_model(1), 1, make_models.TINY_IN, Targets(0.9)
+            "tiny", root, models.tiny_model(1), 1, models.TINY_IN, Targets(0.9)
         ),
         "dense": lambda: build_scenario(
-            "dense", root, make_models.dense_model(), 8, 512, Targets(1.0)
+            "dense", root, models.dense_model(), 8, 512, Targets(1.0)
         ),
     }
     return [makers[k]() for k in keys]
@@ -174,11 +187,12 @@ def measure_floor(scenario: Scenario, warmup_s: float, duration_s: float) -> Fig
                           errors=0)
 
 
-def start_server(kind: str, scenario: Scenario, sidecar_args: Sequence[str]) -> servers.Server:
+def start_server(kind: str, scenario: Scenario, args: argparse.Namespace) -> servers.Server:
     if kind == "sidecar":
-        command = servers.sidecar_command(scenario.repository, sidecar_args)
+        command = servers.sidecar_command(scenario.repository, args.sidecar_arg)
         return servers.start(kind, command, servers.sidecar_ready)
-    return servers.start(kind, servers.minimal_command(scenario.model_file), servers.minimal_ready)
+    command = servers.minimal_command(scenario.model_file, args.minimal_arg)
+    return servers.start(kind, command, servers.minimal_ready)
 
 
 def measure_server(kind: str, round_: int, scenario: Scenario, args: argparse.Namespace) -> Figures:
@@ -188,7 +202,7 @@ def measure_server(kind: str, round_: int, scenario: Scenario, args: argparse.Na
         mode=args.client_mode,
     )
     try:
-        server = start_server(kind, scenario, args.sidecar_arg)
+        server = start_server(kind, scenario, args)
     except BaseException:
         clients.close()
         raise
@@ -198,15 +212,19 @@ def measure_server(kind: str, round_: int, scenario: Scenario, args: argparse.Na
         schedule = Schedule(begin, begin + args.warmup, begin + args.warmup + args.duration)
         clients.go(server.address, schedule)
         _sleep_until(schedule.measure)
-        cpu0 = server.cpu_seconds()
+        cpu0, client0 = server.cpu_seconds(), _clients_cpu(clients.pids)
         _sleep_until(schedule.end)
-        cpu = server.cpu_seconds() - cpu0
+        cpu, client = server.cpu_seconds() - cpu0, _clients_cpu(clients.pids) - client0
         rss = server.rss_mb()
         result = clients.collect()
     finally:
         server.stop()
     return report.figures(kind, round_, result.latencies_s, window_s=args.duration, cpu_s=cpu,
-                          rss_mb=rss, errors=result.errors)
+                          rss_mb=rss, errors=result.errors, client_cpu_s=client)
+
+
+def _clients_cpu(pids: list[int]) -> float:
+    return sum(servers.cpu_seconds(pid) for pid in pids)
 
 
 def _sleep_until(t: float) -> None:
@@ -223,7 +241,9 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]
             runs[kind].append(figures)
             print(f"  {scenario.key} round {round_ + 1}/{args.rounds} {kind:<8}"
                   f" {figures.req_s:8.0f} req/s  p99 {figures.p99_ms:7.3f} ms"
-                  f"  errors {figures.errors}", flush=True)
+                  f"  server {figures.server_cores:.2f} cores, client"
+                  f" {figures.client_cpu_us_per_req:.0f} us/req  errors {figures.errors}",
+                  flush=True)
     medians = [floor, *(report.median(runs[k]) for k in report.SERVERS)]
     ratios = report.ratios(runs["minimal"], runs["sidecar"])
     print()
@@ -251,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f" load average {' '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}")
     print(f"load: {args.concurrency} calls in flight from {args.client_procs} {args.client_mode}"
           f" client process(es); {args.warmup:g} s warm-up + {args.duration:g} s measured;"
-          f" {args.rounds} round(s); sidecar args: {' '.join(args.sidecar_arg) or '(none)'}")
+          f" {args.rounds} round(s)")
+    print(f"sidecar args: {' '.join(args.sidecar_arg) or '(none)'};"
+          f" minimal args: {' '.join(args.minimal_arg) or '(none)'}")
     print(flush=True)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:

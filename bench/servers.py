@@ -43,10 +43,11 @@ def sidecar_command(repository: Path, extra: Sequence[str]) -> list[str]:
     ]
 
 
-def minimal_command(model: Path) -> list[str]:
+def minimal_command(model: Path, extra: Sequence[str]) -> list[str]:
     return [
         sys.executable, str(BENCH / "minimal_server.py"),
         "--model", str(model), "--listen", "127.0.0.1:0", "--max-message-mb", "256",
+        *extra,
     ]
 
 
@@ -69,6 +70,15 @@ def minimal_ready(line: str) -> str | None:
     return address if head == "listening" and address else None
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of process `pid` so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLOCK_TICKS
+
+
 @dataclass
 class Server:
     """A running server subprocess and the address it listens on."""
@@ -84,12 +94,7 @@ class Server:
         return self.proc.pid
 
     def cpu_seconds(self) -> float:
-        """utime + stime of every thread of the process so far."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        # Fields after the command name, which is in parentheses and may hold spaces.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        utime, stime = int(fields[11]), int(fields[12])
-        return (utime + stime) / CLOCK_TICKS
+        return cpu_seconds(self.pid)
 
     def rss_mb(self) -> float:
         """VmRSS now, in MiB."""

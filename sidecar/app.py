@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+from sidecar.handlers.control import ControlPlane
 from sidecar.handlers.dataplane import DataPlane
 from sidecar.loader.onnx import SessionConfig
 from sidecar.manager.manager import ModelManager
-from sidecar.rpc.server import build_server
+from sidecar.rpc.auth import read_token, server_credentials
+from sidecar.rpc.server import build_control_server, build_inference_server
 from sidecar.settings import Settings
+from sidecar.state.events import EventLog
+from sidecar.state.store import StateStore
 
 log = logging.getLogger("sidecar")
 
@@ -47,56 +53,98 @@ def check(settings: Settings) -> None:
         raise ConfigError(f"model repository {repo} {what}")
     if settings.max_message_mb <= 0:
         raise ConfigError("max-message-mb must be positive")
+    if settings.warm_versions < 1:
+        raise ConfigError("warm-versions must be at least 1")
+
+
+def _credentials(cert: str, key: str, client_ca: str = "") -> Any:
+    if not (cert or key or client_ca):
+        return None
+    try:
+        return server_credentials(cert, key, client_ca)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"TLS: {exc}") from exc
+
+
+def _token(settings: Settings) -> str:
+    try:
+        return read_token(settings.control_token_file,
+                          os.environ.get("SIDECAR_CONTROL_TOKEN", ""))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"control token: {exc}") from exc
+
+
+def _open_state(settings: Settings) -> tuple[StateStore, EventLog]:
+    store, events = StateStore(settings.state_dir), EventLog(settings.state_dir)
+    try:
+        store.open()
+        events.open()
+    except OSError as exc:
+        raise ConfigError(f"state directory {settings.state_dir}: {exc.strerror}") from exc
+    return store, events
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the sidecar until `stop` is set or SIGTERM/SIGINT arrives."""
     check(settings)
     config = session_config(settings)
+    token = _token(settings)
+    data_credentials = _credentials(settings.tls_cert, settings.tls_key)
+    control_credentials = _credentials(settings.control_tls_cert, settings.control_tls_key,
+                                       settings.control_tls_client_ca)
     stop = stop or asyncio.Event()
+    store, events = _open_state(settings)
     manager = ModelManager(
-        settings.model_repository, config, load_threads=settings.load_threads
+        settings.model_repository, config, store=store, events=events,
+        warm_versions=settings.warm_versions, load_threads=settings.load_threads,
     )
     pool = ThreadPoolExecutor(settings.effective_inference_threads, thread_name_prefix="infer")
-    plane = DataPlane(
-        manager,
-        pool,
-        inline_max_us=settings.inline_max_us,
-        strict_readiness=settings.strict_readiness,
-    )
-    server = build_server(
-        plane,
-        listen=settings.listen,
-        max_message_bytes=settings.max_message_bytes,
-        max_concurrent_rpcs=settings.max_concurrent_rpcs,
-        session_options=config.describe(),
-    )
+    plane = DataPlane(manager, pool, inline_max_us=settings.inline_max_us,
+                      strict_readiness=settings.strict_readiness)
+    control_plane = ControlPlane(manager, state_dir=settings.state_dir, ready=plane.ready)
+    options = config.describe()
+    inference = build_inference_server(
+        plane, listen=settings.listen, max_message_bytes=settings.max_message_bytes,
+        max_concurrent_rpcs=settings.max_concurrent_rpcs, session_options=options,
+        credentials=data_credentials)
+    control = build_control_server(
+        plane, control_plane, listen=settings.control_listen,
+        max_message_bytes=settings.max_message_bytes, session_options=options, token=token,
+        credentials=control_credentials)
+    listeners = (inference, control)
+
+    async def set_server_health(ready: bool) -> None:
+        for listener in listeners:
+            await listener.set_health("", ready)
 
     async def on_model_change(model: str, ready: bool) -> None:
-        await server.set_model_health(model, ready)
+        for listener in listeners:
+            await listener.set_health(model, ready)
         if manager.started:
-            await server.set_server_health(plane.ready())
+            await set_server_health(plane.ready())
 
     manager.add_listener(on_model_change)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    address = f"{settings.listen.rsplit(':', 1)[0]}:{server.port}"
+    addresses = {"address": inference.address, "control_address": control.address}
     try:
-        await server.server.start()
-        await server.set_server_health(False)
-        log.info("listening", extra={"address": address})
+        for listener in listeners:
+            await listener.server.start()
+        await set_server_health(False)
+        log.info("listening", extra={**addresses, "control_auth": bool(token),
+                                     "state_dir": str(settings.state_dir)})
         await manager.start()
-        await server.set_server_health(plane.ready())
+        await set_server_health(plane.ready())
         served = sorted(e.name for e in manager.entries() if e.serving.active is not None)
-        log.info("serving", extra={"address": address, "models": served,
-                                   "ready": plane.ready()})
+        log.info("serving", extra={**addresses, "models": served, "ready": plane.ready()})
         await stop.wait()
         log.info("stopping", extra={"grace_s": settings.grace_s})
     finally:
         plane.stopping = True
-        await server.health.enter_graceful_shutdown()
-        await server.server.stop(settings.grace_s)
+        for listener in listeners:
+            await listener.health.enter_graceful_shutdown()
+        await asyncio.gather(*(lst.server.stop(settings.grace_s) for lst in listeners))
         await manager.close()
         pool.shutdown(wait=True, cancel_futures=True)
         for sig in (signal.SIGTERM, signal.SIGINT):

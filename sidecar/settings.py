@@ -32,6 +32,38 @@ class Settings:
         "HOST:PORT of the inference gRPC server (Open Inference Protocol, health,"
         " reflection). Port 0 picks a free port; the chosen address is logged.",
     )
+    control_listen: str = _setting(
+        "127.0.0.1:8002",
+        "HOST:PORT of the control gRPC server (sidecar.control.v1.ModelControl and"
+        " the OIP repository RPCs). Loopback by default: only the pod reaches it.",
+    )
+    control_token_file: str = _setting(
+        "",
+        "File holding the bearer token the control server requires (empty: the"
+        " SIDECAR_CONTROL_TOKEN variable, else no token).",
+    )
+    state_dir: Path = _setting(
+        Path(".sidecar-state"),
+        "Directory for the persisted serving state (state.json) and the event log"
+        " (events.jsonl). In the container image: /var/lib/sidecar, a volume.",
+    )
+    warm_versions: int = _setting(
+        2,
+        "Versions kept loaded per model: the active one plus the most recently"
+        " active ones. 2 keeps the previous version warm for an instant rollback; 1"
+        " saves its memory, and a rollback then needs a load.",
+    )
+    tls_cert: str = _setting("", "PEM certificate chain for TLS on --listen (with --tls-key).")
+    tls_key: str = _setting("", "PEM private key for TLS on --listen.")
+    control_tls_cert: str = _setting(
+        "", "PEM certificate chain for TLS on --control-listen (with --control-tls-key)."
+    )
+    control_tls_key: str = _setting("", "PEM private key for TLS on --control-listen.")
+    control_tls_client_ca: str = _setting(
+        "",
+        "PEM CA bundle: with it the control server requires client certificates it"
+        " signed (mutual TLS).",
+    )
     max_message_mb: int = _setting(
         256,
         "Largest gRPC message received or sent, in MiB (grpc's default is 4)."

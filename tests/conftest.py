@@ -15,6 +15,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,14 +31,18 @@ STARTUP_TIMEOUT_S = 60.0
 class ServerProcess:
     """A `sidecar serve` subprocess, its JSON log lines and its address."""
 
-    def __init__(self, repo: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, repo: Path, *args: str, env: dict[str, str] | None = None,
+                 state_dir: Path | None = None) -> None:
         self.repo = repo
+        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="sidecar-state-"))
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.log: list[dict[str, Any]] = []
         cmd = [
             sys.executable, "-m", "sidecar", "serve",
             "--model-repository", str(repo),
             "--listen", "127.0.0.1:0",
+            "--control-listen", "127.0.0.1:0",
+            "--state-dir", str(self.state_dir),
             "--log-format", "json",
             *args,
         ]
@@ -48,6 +53,7 @@ class ServerProcess:
         threading.Thread(target=self._read, daemon=True).start()
         serving = self.wait_for("serving")
         self.address: str = serving["address"]
+        self.control_address: str = serving["control_address"]
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -79,6 +85,9 @@ class ServerProcess:
     def channel(self, **options: int) -> grpc.Channel:
         return grpc.insecure_channel(self.address, options=list(options.items()))
 
+    def control_channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.control_address)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -91,8 +100,14 @@ class ServerProcess:
 
 
 def write_standard_repo(repo: Path) -> Path:
-    """tiny v1+v2, text v1, dtypes v1, int8 v1: the repository most tests serve."""
+    """tiny v1+v2, text v1, dtypes v1, int8 v1, trio v1-3: what most tests serve.
+
+    With two warm versions, tiny serves 2 with 1 as previous, and trio's version 1
+    stays on disk, unloaded.
+    """
     make_models.build_examples(repo)
+    for version in (1, 2, 3):
+        make_models.write_model(make_models.tiny_model(version), repo, "trio", version)
     make_models.write_model(make_models.dtypes_model(), repo, "dtypes", 1)
     make_models.write_model(make_models.identity_model("INT8"), repo, "int8", 1)
     return repo
@@ -116,8 +131,9 @@ def start_server() -> Iterator[Any]:
     """Start a server of the test's own; it is stopped (and must exit 0) after."""
     started: list[ServerProcess] = []
 
-    def start(repo: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        proc = ServerProcess(repo, *args, env=env)
+    def start(repo: Path, *args: str, env: dict[str, str] | None = None,
+              state_dir: Path | None = None) -> ServerProcess:
+        proc = ServerProcess(repo, *args, env=env, state_dir=state_dir)
         started.append(proc)
         return proc
 

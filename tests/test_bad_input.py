@@ -41,8 +41,8 @@ def test_unknown_version_is_not_found(server: ServerProcess) -> None:
 
 
 def test_version_on_disk_but_not_loaded_is_unavailable(server: ServerProcess) -> None:
-    """Version 1 exists but is not loaded: UNAVAILABLE with its state."""
-    code, message = _send(server, raw_request("tiny", [("INPUT0", "FP32", X)],
+    """Version 1 of trio exists but is not loaded: UNAVAILABLE with its state."""
+    code, message = _send(server, raw_request("trio", [("INPUT0", "FP32", X)],
                                               model_version="1"))
     assert code == "UNAVAILABLE" and "version 1" in message and "UNLOADED" in message
 

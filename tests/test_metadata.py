@@ -24,7 +24,8 @@ def test_model_ready_for_known_and_unknown(server: ServerProcess) -> None:
     """ModelReady: true for a served model/version, false (not an error) otherwise."""
     c = client(server.address)
     assert c.is_model_ready("tiny") and c.is_model_ready("tiny", "2")
-    assert not c.is_model_ready("tiny", "1")  # on disk, not loaded
+    assert c.is_model_ready("tiny", "1")  # the warm previous version
+    assert not c.is_model_ready("trio", "1")  # on disk, not loaded
     assert not c.is_model_ready("tiny", "7")
     assert not c.is_model_ready("nosuch")
 
@@ -33,7 +34,7 @@ def test_model_metadata_gives_the_signature(server: ServerProcess) -> None:
     """ModelMetadata: platform, loaded versions, inputs and outputs with -1 for dynamic dims."""
     meta = client(server.address).get_model_metadata("tiny")
     assert meta.name == "tiny" and meta.platform == "onnxruntime_onnx"
-    assert list(meta.versions) == ["2"]
+    assert list(meta.versions) == ["1", "2"]  # loaded: active and previous
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
         ("INPUT0", "FP32", [-1, 4])]
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [
@@ -57,7 +58,7 @@ def test_model_config_subset(server: ServerProcess) -> None:
         ("INPUT0", 11, [-1, 4])]  # TYPE_FP32
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
         ("OUTPUT0", 11, [-1, 3])]
-    assert list(config.version_policy.specific.versions) == [2]
+    assert list(config.version_policy.specific.versions) == [1, 2]
     assert config.parameters["graph_optimization"].string_value == "all"
 
 
@@ -71,14 +72,15 @@ def test_statistics_count_successes_per_version(start_server, standard_repo) -> 
     with pytest.raises(Exception, match="WRONG"):
         c.infer("tiny", [infer_input("WRONG", np.ones((2, 4), np.float32), "FP32")])
     stats = c.get_inference_statistics("tiny").model_stats
-    assert [(s.name, s.version) for s in stats] == [("tiny", "2")]
-    s = stats[0]
+    assert [(s.name, s.version) for s in stats] == [("tiny", "1"), ("tiny", "2")]
+    s = stats[1]
+    assert stats[0].execution_count == 0  # the previous version served nothing
     assert s.execution_count == 3 and s.inference_count == 6
     assert s.inference_stats.success.count == 3 and s.inference_stats.success.ns > 0
     assert s.inference_stats.fail.count == 0
     assert s.last_inference > 0
     everything = c.get_inference_statistics("").model_stats
-    assert {s.name for s in everything} == {"tiny", "text", "dtypes", "int8"}
+    assert {s.name for s in everything} == {"tiny", "text", "dtypes", "int8", "trio"}
 
 
 def test_statistics_for_unknown_model_is_not_found(server: ServerProcess) -> None:
@@ -92,7 +94,8 @@ def test_repository_index_lists_every_version_on_disk(server: ServerProcess) -> 
     index = client(server.address).get_model_repository_index().models
     rows = {(m.name, m.version): m.state for m in index}
     assert rows[("tiny", "2")] == "ACTIVE"
-    assert rows[("tiny", "1")] == "UNLOADED"
+    assert rows[("tiny", "1")] == "PREVIOUS"
+    assert rows[("trio", "1")] == "UNLOADED"
     assert rows[("text", "1")] == "ACTIVE"
     ready = client(server.address).get_model_repository_index()
     assert ready.models
@@ -132,10 +135,16 @@ def test_reflection_lists_the_services(server: ServerProcess) -> None:
 
 
 def test_repository_load_and_unload(start_server, standard_repo) -> None:  # type: ignore[no-untyped-def]
-    """RepositoryModelLoad activates a version (the old one stays as previous);
-    RepositoryModelUnload stops serving the model and its health says so."""
+    """On the control address, RepositoryModelLoad activates a version (the old one
+    stays as previous) and RepositoryModelUnload stops serving the model, as its
+    health says; the inference address refuses both."""
     srv = start_server(standard_repo)
-    c = client(srv.address)
+    data = client(srv.address)
+    code, message = status_of(lambda: data.load_model("tiny"))
+    assert code == "PERMISSION_DENIED" and "--control-listen" in message
+    code, message = status_of(lambda: data.unload_model("tiny"))
+    assert code == "PERMISSION_DENIED"
+    c = client(srv.control_address)  # repository changes: the control address
     x = np.ones((1, 4), np.float32)
     c.load_model("tiny", config=None, files=None)  # no version: the highest, already active
     assert c.infer("tiny", [infer_input("INPUT0", x, "FP32")]).get_response().model_version == "2"
@@ -159,7 +168,7 @@ def test_repository_load_and_unload(start_server, standard_repo) -> None:  # typ
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="tiny"), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert not c.is_server_ready()  # strict readiness: a model is not served
+    assert c.is_server_ready()  # unloaded by command: the operator's choice, still ready
     c.load_model("tiny")
     assert c.is_model_ready("tiny") and c.is_server_ready()
     code, message = status_of(lambda: c.load_model("nosuch"))

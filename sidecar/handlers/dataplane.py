@@ -117,10 +117,14 @@ class DataPlane:
         return rows
 
     async def load(self, model: str, version: int | None = None) -> None:
-        await self._manager.load_model(model, version)
+        """RepositoryModelLoad: load and activate (the highest loadable version,
+        or the one given)."""
+        await self._manager.activate(model, str(version) if version else "", actor="rpc",
+                                     reason="RepositoryModelLoad")
 
     async def unload(self, model: str) -> None:
-        await self._manager.unload_model(model)
+        """RepositoryModelUnload: stop serving the model, drain, unload every version."""
+        await self._manager.unload(model, actor="rpc", reason="RepositoryModelUnload")
 
     # ---- inference -------------------------------------------------------------
 

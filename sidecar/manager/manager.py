@@ -1,11 +1,13 @@
 """ModelManager: which versions exist, which are loaded, which one serves.
 
 The one place that moves versions between the sets on disk / loaded / serving.
-Requests call `acquire` (sync, no await: a dict lookup on an immutable
-snapshot plus an in-flight count) and `release`. Changes run under one lock
-per model, so commands on one model are serialised and different models
-proceed in parallel; loads run in their own thread pool, off the request path.
-A version is closed only after it left the serving state and drained.
+Requests call `acquire` (sync: a lookup on an immutable snapshot plus an
+in-flight count) and `release`. Commands change a model's serving state under
+that model's lock, so they are serialised per model and parallel across
+models. Loads run in their own thread pool and *outside* the lock, so a slow
+load never delays a rollback. A version is closed only after it left the
+serving state and drained. Every change is persisted (state file, then event
+log line, both fsynced off the event loop) before the command returns.
 """
 
 from __future__ import annotations
@@ -13,22 +15,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
-from sidecar.errors import ModelLoadError, NotFoundError, UnavailableError
-from sidecar.loader.onnx import LoadedModel, SessionConfig, load
+from sidecar.errors import (
+    FailedPreconditionError,
+    InvalidInputError,
+    ModelLoadError,
+    NotFoundError,
+    UnavailableError,
+)
+from sidecar.loader.onnx import FileIdentity, LoadedModel, SessionConfig, file_identity, load
+from sidecar.manager.compat import incompatibilities
 from sidecar.manager.serving import ServingState
 from sidecar.manager.version import ModelVersion, Phase, VersionStats
-from sidecar.source.repository import VersionOnDisk, parse_version, scan_model, scan_repository
+from sidecar.source.repository import parse_version, scan_model, scan_repository
+from sidecar.state.events import Event, EventLog
+from sidecar.state.store import SavedModel, SavedState, StateStore, VersionRef
 
 log = logging.getLogger("sidecar.manager")
 
 #: Told (model name, has a serving version) after every change of a model.
 ReadinessListener = Callable[[str, bool], Awaitable[None]]
 Loader = Callable[[Path, SessionConfig], LoadedModel]
+
+#: Actors whose changes a pin blocks (a pinned model changes only by command).
+AUTOMATIC_ACTORS = frozenset({"watcher", "guard"})
+MIN_DIGEST_PREFIX = 12
 
 
 @dataclass(eq=False)
@@ -37,6 +54,9 @@ class ModelEntry:
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     serving: ServingState = field(default_factory=ServingState.empty)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pinned: bool = False
+    #: Unloaded by a command: stays unloaded across restarts until loaded again.
+    unloaded: bool = False
 
     def state_of(self, version: ModelVersion) -> str:
         """The state reported for a version: its role while READY, else its phase."""
@@ -45,21 +65,39 @@ class ModelEntry:
         return version.phase.name
 
 
+@dataclass(frozen=True, slots=True)
+class SwapResult:
+    model: str
+    from_version: ModelVersion | None
+    to_version: ModelVersion
+    swap_ns: int  # the pointer swap itself
+    total_ns: int  # the whole command, load included
+
+
 class ModelManager:
     def __init__(
         self,
         repository: Path,
         config: SessionConfig,
         *,
+        store: StateStore | None = None,
+        events: EventLog | None = None,
+        warm_versions: int = 2,
         load_threads: int = 2,
         loader: Loader = load,
     ) -> None:
         self._repository = repository
         self._config = config
+        self._store = store
+        self.events = events or EventLog(None)
+        self._warm_versions = max(1, warm_versions)
         self._loader = loader
         self._load_pool = ThreadPoolExecutor(load_threads, thread_name_prefix="load")
+        self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="state-io")
         self._models: dict[str, ModelEntry] = {}
         self._listeners: list[ReadinessListener] = []
+        self._loading: dict[ModelVersion, asyncio.Future[bool]] = {}
+        self.quarantine: dict[str, str] = {}
         self.started = False
 
     # ---- queries (request path) ----------------------------------------------
@@ -116,33 +154,84 @@ class ModelManager:
         return number is not None and number in entry.serving.loaded
 
     def all_serving(self) -> bool:
-        return all(e.serving.active is not None for e in self._models.values())
+        return all(e.serving.active is not None or e.unloaded for e in self._models.values())
 
     def add_listener(self, listener: ReadinessListener) -> None:
         self._listeners.append(listener)
 
-    # ---- changes ---------------------------------------------------------------
+    @property
+    def warm_versions(self) -> int:
+        return self._warm_versions
 
-    async def start(self) -> None:
-        """Scan the repository and serve each model's highest loadable version."""
-        found = scan_repository(self._repository)
-        for name, versions in found.items():
-            self._models[name] = self._new_entry(name, versions)
-        await asyncio.gather(*(self._start_model(name) for name in found))
-        self.started = True
+    # ---- identity and references -----------------------------------------------
 
-    async def _start_model(self, name: str) -> None:
+    async def identify(self, version: ModelVersion) -> FileIdentity | None:
+        """The file's identity (digest ...), recomputed only when its stat changed."""
         try:
-            await self.load_model(name)
-        except (NotFoundError, UnavailableError) as exc:
-            # One bad model never stops the server or the others.
-            log.error("model not served", extra={"model": name, "reason": str(exc)})
+            st = version.path.stat()
+        except OSError:
+            return version.identity if version.loaded else None
+        known = version.identity
+        if known and (known.size, known.mtime_ns, known.ctime_ns) == (
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return known
+        loop = asyncio.get_running_loop()
+        try:
+            version.identity = await loop.run_in_executor(
+                self._load_pool, file_identity, version.path)
+        except ModelLoadError:
+            return None
+        return version.identity
 
-    def _new_entry(self, name: str, versions: dict[int, VersionOnDisk]) -> ModelEntry:
-        entry = ModelEntry(name)
-        for number, disk in versions.items():
-            entry.versions[number] = ModelVersion(name, number, disk.path)
-        return entry
+    async def resolve(self, entry: ModelEntry, ref: str) -> ModelVersion:
+        """A version by number ("3") or by digest prefix (12+ hex characters)."""
+        text = ref.strip().lower()
+        number = parse_version(text)
+        if number is not None and len(text) < MIN_DIGEST_PREFIX:
+            if number not in entry.versions:
+                self._refresh(entry)
+            version = entry.versions.get(number)
+            if version is None:
+                raise NotFoundError(f"model '{entry.name}' has no version {number}")
+            return version
+        if len(text) < MIN_DIGEST_PREFIX or any(c not in "0123456789abcdef" for c in text):
+            raise InvalidInputError(
+                f"'{ref}' is neither a version number nor a digest prefix of"
+                f" {MIN_DIGEST_PREFIX}+ hex characters")
+        self._refresh(entry)
+        for version in list(entry.versions.values()):
+            await self.identify(version)
+        matches = [v for v in entry.versions.values() if v.digest.startswith(text)]
+        if not matches:
+            raise NotFoundError(f"model '{entry.name}' has no version with digest {text}...")
+        if len(matches) > 1:
+            numbers = ", ".join(str(v.number) for v in matches)
+            raise InvalidInputError(f"digest prefix {text} matches versions {numbers}")
+        return matches[0]
+
+    def _check_expected(self, entry: ModelEntry, expected: str) -> None:
+        if not expected:
+            return
+        active = entry.serving.active
+        text = expected.strip().lower()
+        if active is None:
+            matches = text in {"none", "0"}
+        elif parse_version(text) is not None and len(text) < MIN_DIGEST_PREFIX:
+            matches = int(text) == active.number
+        else:
+            matches = len(text) >= MIN_DIGEST_PREFIX and active.digest.startswith(text)
+        if not matches:
+            current = f"version {active.number} ({active.digest[:12]})" if active else "none"
+            raise FailedPreconditionError(
+                f"model '{entry.name}': expected active '{expected}', but the active"
+                f" version is {current}")
+
+    def _check_pin(self, entry: ModelEntry, actor: str) -> None:
+        if entry.pinned and actor in AUTOMATIC_ACTORS:
+            raise FailedPreconditionError(
+                f"model '{entry.name}' is pinned: only an explicit command changes it")
+
+    # ---- disk ------------------------------------------------------------------
 
     def _refresh(self, entry: ModelEntry) -> None:
         """Bring an entry's version list up to date with the disk (keeps loaded ones)."""
@@ -153,59 +242,55 @@ class ModelManager:
                 entry.versions[number] = ModelVersion(entry.name, number, disk.path)
             elif known.phase is Phase.FAILED:
                 known.phase, known.reason = Phase.UNLOADED, ""  # retry on request
-        for number in [n for n, v in entry.versions.items() if n not in on_disk]:
+        for number in [n for n in entry.versions if n not in on_disk]:
             if entry.versions[number].phase in (Phase.UNLOADED, Phase.FAILED):
                 del entry.versions[number]
 
-    async def load_model(self, model: str, version: int | None = None) -> ModelVersion:
-        """Load (if needed) and activate a version: the given one, or the highest
-        that loads. The old active version stays loaded as the previous one."""
+    def _entry_for(self, model: str) -> ModelEntry:
         entry = self._models.get(model)
-        if entry is None:
-            if not (self._repository / model).is_dir():
-                raise NotFoundError(f"no model '{model}' in the repository")
-            entry = self._models.setdefault(model, ModelEntry(model))
-        async with entry.lock:
-            self._refresh(entry)
-            if not entry.versions:
-                raise NotFoundError(f"model '{model}' has no version folders")
-            if version is not None:
-                if version not in entry.versions:
-                    raise NotFoundError(f"model '{model}' has no version {version}")
-                candidates = [entry.versions[version]]
-            else:
-                candidates = [entry.versions[n] for n in sorted(entry.versions, reverse=True)]
-            chosen: ModelVersion | None = None
-            for candidate in candidates:
-                if await self._ensure_loaded(candidate):
-                    chosen = candidate
-                    break
-            if chosen is None:
-                last = candidates[-1]
-                raise UnavailableError(
-                    f"{last.label} cannot be loaded: {last.reason}"
-                    if len(candidates) == 1
-                    else f"no version of model '{model}' can be loaded"
-                )
-            await self._activate(entry, chosen)
-            return chosen
+        if entry is not None:
+            return entry
+        if not (self._repository / model).is_dir():
+            raise NotFoundError(f"no model '{model}' in the repository")
+        return self._models.setdefault(model, ModelEntry(model))
 
-    async def _ensure_loaded(self, version: ModelVersion) -> bool:
+    # ---- loading ---------------------------------------------------------------
+
+    async def _ensure_loaded(self, version: ModelVersion, actor: str) -> bool:
+        """Load and warm up a version unless it is READY; one load at a time per version."""
         if version.phase is Phase.READY:
             return True
+        pending = self._loading.get(version)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._loading[version] = future
+        try:
+            ok = await self._load(version, actor)
+            future.set_result(ok)
+            return ok
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            del self._loading[version]
+            if not future.cancelled() and future.exception() is not None:
+                future.exception()  # retrieved: no "never retrieved" warning
+
+    async def _load(self, version: ModelVersion, actor: str) -> bool:
         version.phase, version.reason = Phase.LOADING, ""
         log.info("loading", extra={"model": version.model, "version": version.number})
         loop = asyncio.get_running_loop()
         try:
             loaded = await loop.run_in_executor(
-                self._load_pool, self._loader, version.path, self._config
-            )
+                self._load_pool, self._loader, version.path, self._config)
         except ModelLoadError as exc:
             version.phase, version.reason = Phase.FAILED, str(exc)
-            log.warning("load failed", extra={"model": version.model,
-                                               "version": version.number, "reason": str(exc)})
+            await self._record(self.events.make(
+                version.model, "load-failed", actor, str(exc), to_version=version.number))
             return False
-        version.loaded, version.loaded_at = loaded, time.time()
+        version.loaded, version.identity = loaded, loaded.identity
+        version.loaded_at = time.time()
         version.stats = VersionStats(mean_infer_ns=float(loaded.warmup_ns))
         version.phase = Phase.READY
         log.info("ready", extra={"model": version.model, "version": version.number,
@@ -213,33 +298,326 @@ class ModelManager:
                                  "load_ms": round(loaded.load_ns / 1e6, 1)})
         return True
 
-    async def _activate(self, entry: ModelEntry, version: ModelVersion) -> None:
-        old = entry.serving
-        entry.serving = old.with_active(version, keep_previous=True)  # the swap
-        if old.active is not version:
-            version.activated_at = time.time()
-            log.info("activated", extra={"model": entry.name, "version": version.number,
-                                         "digest": version.digest})
-        for dropped in [v for v in old.loaded.values() if entry.serving.role(v) is None]:
-            await self._unload(dropped)
-        await self._notify(entry)
+    async def _highest_loadable(
+        self, entry: ModelEntry, actor: str, *, below: int | None = None,
+        skip: ModelVersion | None = None,
+    ) -> ModelVersion | None:
+        for number in sorted(entry.versions, reverse=True):
+            version = entry.versions[number]
+            if (below is not None and number >= below) or version is skip:
+                continue
+            if version.phase is Phase.FAILED:
+                continue
+            identity = await self.identify(version)
+            if identity is not None and identity.digest in self.quarantine:
+                continue
+            if await self._ensure_loaded(version, actor):
+                return version
+        return None
 
-    async def unload_model(self, model: str) -> None:
-        """Stop serving a model: it leaves serving at once, then each version drains
-        and is closed. Requests already running finish on their version."""
+    # ---- startup -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore the saved serving state; with none, serve each model's highest
+        loadable version and keep the next highest warm as its previous."""
+        saved = self._store.load() if self._store else SavedState()
+        self.quarantine = dict(saved.quarantine)
+        for name, versions in scan_repository(self._repository).items():
+            entry = ModelEntry(name)
+            for number, disk in versions.items():
+                entry.versions[number] = ModelVersion(name, number, disk.path)
+            entry.pinned = saved.models.get(name, SavedModel()).pinned
+            self._models[name] = entry
+        await asyncio.gather(*(self._restore(e, saved.models.get(e.name))
+                               for e in self._models.values()))
+        await self._persist()
+        self.started = True
+
+    async def _restore(self, entry: ModelEntry, saved: SavedModel | None) -> None:
+        async with entry.lock:
+            if saved is not None and saved.active is None:
+                entry.unloaded = True
+                await self._record(self.events.make(
+                    entry.name, "restore", "startup",
+                    "the model was unloaded by a command before the restart; it stays unloaded"))
+                return
+            active, why = None, "no saved state"
+            if saved is not None and saved.active is not None:
+                active, why = await self._find_saved(entry, saved.active, "active")
+            fallback = active is None
+            if active is None:
+                active = await self._highest_loadable(entry, "startup")
+            if active is None:
+                await self._record(self.events.make(
+                    entry.name, "restore-failed", "startup",
+                    f"no version of model '{entry.name}' can be loaded"))
+                log.error("model not served", extra={"model": entry.name})
+                return
+            previous = None
+            if self._warm_versions >= 2:
+                if saved is not None and saved.previous is not None:
+                    previous, _ = await self._find_saved(entry, saved.previous, "previous")
+                if previous is None or previous is active:
+                    previous = await self._highest_loadable(
+                        entry, "startup", below=active.number, skip=active)
+            loaded = {v.number: v for v in (previous, active) if v is not None}
+            entry.serving = ServingState(active, previous, MappingProxyType(loaded))
+            active.activated_at = time.time()
+            reason = f"{why}: serving the highest loadable version" if fallback \
+                else "restored the saved active version"
+            await self._record(self.events.make(
+                entry.name, "restore", "startup", reason, to_version=active.number,
+                to_digest=active.digest,
+                details={"previous": str(previous.number) if previous else ""}))
+            await self._notify(entry)
+
+    async def _find_saved(
+        self, entry: ModelEntry, ref: VersionRef, role: str
+    ) -> tuple[ModelVersion | None, str]:
+        """The version with the saved digest: at its number, else wherever it moved."""
+        candidates = sorted(entry.versions.values(), key=lambda v: v.number != ref.number)
+        for version in candidates:
+            identity = await self.identify(version)
+            if identity is None or identity.digest != ref.digest:
+                continue
+            if not await self._ensure_loaded(version, "startup"):
+                return None, f"saved {role} version {ref.number} fails to load: {version.reason}"
+            if version.number != ref.number:
+                await self._record(self.events.make(
+                    entry.name, "restore-moved", "startup",
+                    f"saved {role} digest found at version {version.number}, not {ref.number}",
+                    from_version=ref.number, to_version=version.number, to_digest=ref.digest))
+            return version, ""
+        reason = (f"saved {role} version {ref.number} (digest {ref.digest[:12]}) is no"
+                  " longer on disk with that digest")
+        await self._record(self.events.make(
+            entry.name, "restore-mismatch", "startup", reason,
+            from_version=ref.number, from_digest=ref.digest))
+        return None, reason
+
+    # ---- commands ----------------------------------------------------------------
+
+    async def load(self, model: str, ref: str, *, actor: str, reason: str = "") -> ModelVersion:
+        """Load and warm a version without activating it (it stays WARM until
+        activated or unloaded, beyond the warm-version budget)."""
+        entry = self._entry_for(model)
+        version = await self.resolve(entry, ref)
+        if not await self._ensure_loaded(version, actor):
+            raise UnavailableError(f"{version.label} cannot be loaded: {version.reason}")
+        async with entry.lock:
+            if version.phase is not Phase.READY:
+                raise UnavailableError(f"{version.label} was unloaded meanwhile")
+            if entry.serving.role(version) is None:
+                version.held = True
+                loaded = dict(entry.serving.loaded)
+                loaded[version.number] = version
+                entry.serving = ServingState(entry.serving.active, entry.serving.previous,
+                                             MappingProxyType(loaded))
+            await self._commit(self.events.make(
+                model, "load", actor, reason, to_version=version.number,
+                to_digest=version.digest))
+            await self._notify(entry)
+        return version
+
+    async def activate(
+        self, model: str, ref: str = "", *, actor: str, expected_active: str = "",
+        force: bool = False, reason: str = "",
+    ) -> SwapResult:
+        """Make a version active: loaded and warmed first (off the lock), checked
+        against the active one's signature, then swapped in one assignment. The old
+        active version stays warm as the previous one. `ref` "" = highest loadable."""
+        start = time.perf_counter_ns()
+        entry = self._entry_for(model)
+        self._check_pin(entry, actor)
+        self._check_expected(entry, expected_active)
+        if ref:
+            version: ModelVersion | None = await self.resolve(entry, ref)
+            assert version is not None
+            if not force and (await self.identify(version) or version).digest in self.quarantine:
+                raise FailedPreconditionError(
+                    f"{version.label} is quarantined ({self.quarantine[version.digest]});"
+                    " unquarantine it or use force")
+            if not await self._ensure_loaded(version, actor):
+                raise UnavailableError(f"{version.label} cannot be loaded: {version.reason}")
+        else:
+            self._refresh(entry)
+            if not entry.versions:
+                raise NotFoundError(f"model '{model}' has no version folders")
+            version = await self._highest_loadable(entry, actor)
+            if version is None:
+                raise UnavailableError(f"no version of model '{model}' can be loaded")
+        async with entry.lock:
+            try:
+                self._check_pin(entry, actor)
+                self._check_expected(entry, expected_active)
+                if version.phase is not Phase.READY:
+                    raise UnavailableError(f"{version.label} was unloaded meanwhile")
+                old = entry.serving.active
+                if old is not None and old is not version and not force:
+                    assert old.loaded is not None and version.loaded is not None
+                    problems = incompatibilities(old.loaded.signature, version.loaded.signature)
+                    if problems:
+                        raise FailedPreconditionError(
+                            f"{version.label} is not compatible with active version"
+                            f" {old.number}: {'; '.join(problems)} (force to activate anyway)")
+            except Exception:
+                if entry.serving.role(version) is None:
+                    await self._unload(version)  # loaded only for this activation
+                raise
+            swap_ns = self._swap(entry, version, previous=old)
+            entry.unloaded = False
+            await self._commit(self.events.make(
+                model, "activate", actor, reason,
+                from_version=old.number if old else 0, from_digest=old.digest if old else "",
+                to_version=version.number, to_digest=version.digest,
+                details={"forced": "true"} if force else None))
+            await self._evict(entry)
+            await self._notify(entry)
+        return SwapResult(model, old, version, swap_ns, time.perf_counter_ns() - start)
+
+    async def rollback(
+        self, model: str, *, actor: str, expected_active: str = "", reason: str = "",
+    ) -> SwapResult:
+        """Swap back to the previous version: a pointer swap, no load. The version
+        rolled back from becomes the previous one (a second rollback undoes it)."""
+        start = time.perf_counter_ns()
         entry = self.entry(model)
         async with entry.lock:
-            old, entry.serving = entry.serving, ServingState.empty()
+            self._check_pin(entry, actor)
+            self._check_expected(entry, expected_active)
+            old, target = entry.serving.active, entry.serving.previous
+            if old is None:
+                raise FailedPreconditionError(f"model '{model}' has no active version")
+            if target is None or target.phase is not Phase.READY:
+                hint = " (--warm-versions is 1)" if self._warm_versions == 1 else ""
+                raise FailedPreconditionError(
+                    f"model '{model}' has no warm previous version to roll back to{hint}")
+            swap_ns = self._swap(entry, target, previous=old)
+            await self._commit(self.events.make(
+                model, "rollback", actor, reason, from_version=old.number,
+                from_digest=old.digest, to_version=target.number, to_digest=target.digest))
             await self._notify(entry)
-            await asyncio.gather(*(self._unload(v) for v in old.loaded.values()))
+        return SwapResult(model, old, target, swap_ns, time.perf_counter_ns() - start)
+
+    def _swap(self, entry: ModelEntry, version: ModelVersion, *, previous: ModelVersion | None
+              ) -> int:
+        """The one assignment that changes what serves. Returns its duration in ns."""
+        now = time.time()
+        before = time.perf_counter_ns()
+        loaded = dict(entry.serving.loaded)
+        loaded[version.number] = version
+        if previous is not None and previous is not version:
+            loaded[previous.number] = previous
+        else:
+            previous = entry.serving.previous
+        entry.serving = ServingState(version, previous, MappingProxyType(loaded))
+        elapsed = time.perf_counter_ns() - before
+        version.held = False
+        version.activated_at = now
+        if previous is not None:
+            previous.deactivated_at = now
+        return elapsed
+
+    async def _evict(self, entry: ModelEntry) -> None:
+        """Keep the active, held and the warm-budget's most recent versions; unload
+        the rest (after they drain)."""
+        serving = entry.serving
+        kept = [v for v in (serving.previous,) if v is not None]
+        others = sorted((v for v in serving.loaded.values()
+                         if v is not serving.active and v is not serving.previous
+                         and not v.held), key=lambda v: v.deactivated_at, reverse=True)
+        budget = self._warm_versions - 1
+        keep = set((kept + others)[:budget])
+        drop = [v for v in kept + others if v not in keep]
+        if not drop:
+            return
+        loaded = {n: v for n, v in serving.loaded.items() if v not in drop}
+        previous = serving.previous if serving.previous in keep else None
+        entry.serving = ServingState(serving.active, previous, MappingProxyType(loaded))
+        for version in drop:
+            await self._unload(version)
+
+    async def unload(self, model: str, ref: str = "", *, actor: str, reason: str = "") -> None:
+        """Unload one version (never the active one), or, with no `ref`, the whole
+        model: it leaves serving at once, then each version drains and closes."""
+        entry = self.entry(model)
+        if ref:
+            version = await self.resolve(entry, ref)
+        async with entry.lock:
+            serving = entry.serving
+            if not ref:
+                entry.serving, entry.unloaded = ServingState.empty(), True
+                await self._commit(self.events.make(model, "unload", actor, reason))
+                await self._notify(entry)
+                await asyncio.gather(*(self._unload(v) for v in serving.loaded.values()))
+                return
+            if version is serving.active:
+                raise FailedPreconditionError(
+                    f"{version.label} is active; activate another version or unload the"
+                    " model")
+            if serving.loaded.get(version.number) is version:
+                loaded = {n: v for n, v in serving.loaded.items() if v is not version}
+                previous = None if serving.previous is version else serving.previous
+                entry.serving = ServingState(serving.active, previous, MappingProxyType(loaded))
+            await self._commit(self.events.make(
+                model, "unload", actor, reason, from_version=version.number,
+                from_digest=version.digest))
+            await self._unload(version)
+
+    async def set_pinned(self, model: str, pinned: bool, *, actor: str, reason: str = "") -> None:
+        entry = self.entry(model)
+        async with entry.lock:
+            entry.pinned = pinned
+            await self._commit(self.events.make(model, "pin" if pinned else "unpin", actor,
+                                                reason))
 
     async def _unload(self, version: ModelVersion) -> None:
-        version.phase = Phase.UNLOADING
+        if version.phase is not Phase.READY:
+            return
+        version.phase, version.held = Phase.UNLOADING, False
+        log.info("unloading", extra={"model": version.model, "version": version.number,
+                                     "inflight": version.inflight})
         await version.drain()
         if version.loaded is not None:
             version.loaded.runner.close()
         version.loaded, version.phase = None, Phase.UNLOADED
         log.info("unloaded", extra={"model": version.model, "version": version.number})
+
+    # ---- persistence and notification ----------------------------------------
+
+    def _snapshot(self) -> SavedState:
+        models: dict[str, SavedModel] = {}
+        for entry in self._models.values():
+            active, previous = entry.serving.active, entry.serving.previous
+            if active is None and not entry.unloaded and not entry.pinned:
+                continue  # never served: the next start tries again from scratch
+            models[entry.name] = SavedModel(
+                VersionRef(active.number, active.digest) if active else None,
+                VersionRef(previous.number, previous.digest) if previous else None,
+                entry.pinned,
+            )
+        return SavedState(models, dict(self.quarantine))
+
+    async def _persist(self) -> None:
+        if self._store is not None:
+            store, state = self._store, self._snapshot()
+            await asyncio.get_running_loop().run_in_executor(self._io_pool, store.save, state)
+
+    async def _commit(self, event: Event) -> None:
+        """Persist the serving state, then append the event; both fsynced."""
+        state = self._snapshot() if self._store is not None else None
+        await asyncio.get_running_loop().run_in_executor(self._io_pool, self._write, state, event)
+        self.events.publish(event)
+
+    async def _record(self, event: Event) -> None:
+        """Append an event that changes no persisted state."""
+        await asyncio.get_running_loop().run_in_executor(self._io_pool, self.events.write, event)
+        self.events.publish(event)
+
+    def _write(self, state: SavedState | None, event: Event) -> None:
+        if state is not None and self._store is not None:
+            self._store.save(state)
+        self.events.write(event)
 
     async def _notify(self, entry: ModelEntry) -> None:
         ready = entry.serving.active is not None
@@ -248,9 +626,14 @@ class ModelManager:
 
     async def close(self) -> None:
         """Unload everything (after the servers stopped taking calls)."""
-        for name in list(self._models):
-            await self.unload_model(name)
+        for entry in self.entries():
+            async with entry.lock:
+                loaded = list(entry.serving.loaded.values())
+                entry.serving = ServingState.empty()
+            await asyncio.gather(*(self._unload(v) for v in loaded))
         self._load_pool.shutdown(wait=False, cancel_futures=True)
+        self._io_pool.shutdown(wait=True)
+        self.events.close()
 
-    def __iter__(self) -> Iterator[ModelEntry]:
-        return iter(self.entries())
+    def describe(self) -> dict[str, Any]:
+        return {"warm_versions": self._warm_versions, "models": len(self._models)}

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.loader.onnx import LoadedModel
+from sidecar.loader.onnx import FileIdentity, LoadedModel
+from sidecar.manager.latency import LatencyHistogram
 
 
 class Phase(enum.Enum):
@@ -54,9 +55,11 @@ class VersionStats:
     last_inference_ms: int = 0
     #: Mean compute time, exponentially weighted; decides inline vs pool.
     mean_infer_ns: float = 0.0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def record_success(self, total_ns: int, infer_ns: int, batch: int) -> None:
         self.success.add(total_ns)
+        self.latency.record(total_ns)
         self.compute_infer.add(infer_ns)
         self.inference_count += batch
         self.execution_count += 1
@@ -65,6 +68,7 @@ class VersionStats:
 
     def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)
+        self.latency.record(total_ns)
         self.execution_count += 1
         self.last_inference_ms = time.time_ns() // 1_000_000
 
@@ -77,8 +81,14 @@ class ModelVersion:
     phase: Phase = Phase.UNLOADED
     reason: str = ""
     loaded: LoadedModel | None = None
+    #: The file as last identified (digest, size, times); None until read.
+    identity: FileIdentity | None = None
     loaded_at: float = 0.0  # unix seconds
     activated_at: float = 0.0
+    deactivated_at: float = 0.0
+    #: Loaded on request (`load`): stays warm beyond the warm-version budget
+    #: until it is activated or unloaded.
+    held: bool = False
     inflight: int = 0
     stats: VersionStats = field(default_factory=VersionStats)
     _drained: asyncio.Event | None = None
@@ -89,7 +99,10 @@ class ModelVersion:
 
     @property
     def digest(self) -> str:
-        return self.loaded.identity.digest if self.loaded else ""
+        """The digest of the loaded bytes, else of the file as last identified."""
+        if self.loaded is not None:
+            return self.loaded.identity.digest
+        return self.identity.digest if self.identity else ""
 
     def release(self) -> None:
         """Give back a handle taken by `ModelManager.acquire`."""

@@ -7,6 +7,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from sidecar.errors import PermissionDeniedError
 from sidecar.handlers.dataplane import DataPlane
 from sidecar.rpc import converters
 from sidecar.rpc.errors import guarded, to_status
@@ -17,9 +18,17 @@ Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, session_options: dict[str, str]) -> None:
+    def __init__(self, plane: DataPlane, session_options: dict[str, str], *,
+                 repository_control: bool) -> None:
         self._plane = plane
         self._session_options = session_options
+        # RepositoryModelLoad/Unload change what serves: only on the control server.
+        self._repository_control = repository_control
+
+    def _check_control(self, method: str) -> None:
+        if not self._repository_control:
+            raise PermissionDeniedError(
+                f"{method} is served on the control address (--control-listen), not here")
 
     @guarded
     async def ServerLive(self, request: Any, context: Context) -> pb.ServerLiveResponse:
@@ -85,6 +94,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: Any, context: Context
     ) -> pb.RepositoryModelLoadResponse:
+        self._check_control("RepositoryModelLoad")
         await self._plane.load(request.model_name, converters.load_version(request))
         return pb.RepositoryModelLoadResponse()
 
@@ -92,6 +102,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: Any, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
+        self._check_control("RepositoryModelUnload")
         await self._plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

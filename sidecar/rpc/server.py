@@ -1,20 +1,35 @@
-"""Assemble the inference gRPC server: data plane, health, reflection, limits."""
+"""Assemble the two gRPC servers.
+
+- inference (`--listen`): the Open Inference Protocol, health, reflection;
+  repository changes (RepositoryModelLoad/Unload) are refused here.
+- control (`--control-listen`, loopback by default): ModelControl, the full
+  inference service (so tritonclient's load_model/unload_model work), health
+  and reflection, behind the bearer token when one is set, and mutual TLS when
+  a client CA is given.
+"""
 
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sidecar.handlers.control import ControlPlane
 from sidecar.handlers.dataplane import DataPlane
+from sidecar.rpc import control
+from sidecar.rpc.auth import BearerTokenInterceptor
 from sidecar.rpc.dataplane import InferenceServicer
-from sidecar.rpc.proto import inference_pb2, inference_pb2_grpc
+from sidecar.rpc.proto import control_pb2, inference_pb2, inference_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["ModelControl"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class BindError(RuntimeError):
@@ -22,16 +37,14 @@ class BindError(RuntimeError):
 
 
 @dataclass
-class InferenceServer:
+class Listener:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
+    address: str
 
-    async def set_model_health(self, model: str, ready: bool) -> None:
-        await self.health.set(model, SERVING if ready else NOT_SERVING)
-
-    async def set_server_health(self, ready: bool) -> None:
-        await self.health.set(health.OVERALL_HEALTH, SERVING if ready else NOT_SERVING)
+    async def set_health(self, service: str, ready: bool) -> None:
+        await self.health.set(service, SERVING if ready else NOT_SERVING)
 
 
 def check_bindable(listen: str) -> None:
@@ -54,14 +67,8 @@ def check_bindable(listen: str) -> None:
             raise BindError(f"cannot listen on {listen}: {exc.strerror}") from exc
 
 
-def build_server(
-    plane: DataPlane,
-    *,
-    listen: str,
-    max_message_bytes: int,
-    max_concurrent_rpcs: int,
-    session_options: dict[str, str],
-) -> InferenceServer:
+def _server(*, max_message_bytes: int, max_concurrent_rpcs: int = 0,
+            interceptors: tuple[Any, ...] = ()) -> grpc.aio.Server:
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -69,25 +76,54 @@ def build_server(
         # (SO_REUSEPORT) and two servers silently share it.
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(
-        options=options, maximum_concurrent_rpcs=max_concurrent_rpcs or None
-    )
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        InferenceServicer(plane, session_options), server
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (
-        inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
-    )
-    reflection.enable_server_reflection(names, server)
+    return grpc.aio.server(options=options, interceptors=interceptors,
+                           maximum_concurrent_rpcs=max_concurrent_rpcs or None)
+
+
+def _bind(server: grpc.aio.Server, listen: str, credentials: Any) -> tuple[int, str]:
     check_bindable(listen)
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
     except RuntimeError as exc:
         raise BindError(f"cannot listen on {listen}: address in use or not available") from exc
     if port == 0:
         raise BindError(f"cannot listen on {listen}: address in use or not available")
-    return InferenceServer(server, health_servicer, port)
+    return port, f"{listen.rsplit(':', 1)[0]}:{port}"
+
+
+def _add_common(server: grpc.aio.Server, names: tuple[str, ...]) -> health.aio.HealthServicer:
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*names, HEALTH_SERVICE, reflection.SERVICE_NAME),
+                                        server)
+    return health_servicer
+
+
+def build_inference_server(
+    plane: DataPlane, *, listen: str, max_message_bytes: int, max_concurrent_rpcs: int,
+    session_options: dict[str, str], credentials: Any = None,
+) -> Listener:
+    server = _server(max_message_bytes=max_message_bytes,
+                     max_concurrent_rpcs=max_concurrent_rpcs)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(plane, session_options, repository_control=False), server)
+    health_servicer = _add_common(server, (INFERENCE_SERVICE,))
+    port, address = _bind(server, listen, credentials)
+    return Listener(server, health_servicer, port, address)
+
+
+def build_control_server(
+    plane: DataPlane, control_plane: ControlPlane, *, listen: str, max_message_bytes: int,
+    session_options: dict[str, str], token: str = "", credentials: Any = None,
+) -> Listener:
+    interceptors = (BearerTokenInterceptor(token),) if token else ()
+    server = _server(max_message_bytes=max_message_bytes, interceptors=interceptors)
+    control.add_to_server(control_plane, server)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(plane, session_options, repository_control=True), server)
+    health_servicer = _add_common(server, (CONTROL_SERVICE, INFERENCE_SERVICE))
+    port, address = _bind(server, listen, credentials)
+    return Listener(server, health_servicer, port, address)

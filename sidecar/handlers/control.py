@@ -1,0 +1,188 @@
+"""The control-plane operations, transport-free: views of models and versions,
+and the commands (load, activate, rollback, unload, pin), each with an actor
+and a reason for the event log."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidecar import __version__
+from sidecar.errors import InvalidInputError, UnavailableError
+from sidecar.loader.signature import TensorSpec
+from sidecar.manager.manager import ModelEntry, ModelManager, SwapResult
+from sidecar.manager.version import ModelVersion
+from sidecar.state.events import Event
+
+_ACTOR = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    number: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    name: str
+    active: Ref | None
+    previous: Ref | None
+    pinned: bool
+    ready: bool
+    loaded_versions: tuple[int, ...]
+    versions_on_disk: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionView:
+    model: str
+    number: int
+    digest: str
+    size: int
+    mtime: float
+    ctime: float
+    loaded_at: float
+    activated_at: float
+    path: str
+    state: str
+    reason: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    requests: int
+    errors: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    inflight: int
+    quarantined: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    version: str
+    ready: bool
+    uptime_s: float
+    warm_versions: int
+    state_dir: str
+    models: list[ModelView]
+
+
+def _ref(version: ModelVersion | None) -> Ref | None:
+    return Ref(version.number, version.digest) if version is not None else None
+
+
+def check_actor(actor: str, default: str) -> str:
+    actor = actor or default
+    if not _ACTOR.match(actor):
+        raise InvalidInputError(f"actor '{actor}' must be 1-32 of a-z, 0-9, '-', '_'")
+    return actor
+
+
+class ControlPlane:
+    def __init__(self, manager: ModelManager, *, state_dir: Path, ready: object) -> None:
+        self._manager = manager
+        self._state_dir = state_dir
+        self._ready = ready  # a callable answering server readiness
+        self._started = time.time()
+
+    def model_view(self, entry: ModelEntry) -> ModelView:
+        serving = entry.serving
+        return ModelView(entry.name, _ref(serving.active), _ref(serving.previous), entry.pinned,
+                         serving.active is not None, tuple(sorted(serving.loaded)),
+                         len(entry.versions))
+
+    def models(self) -> list[ModelView]:
+        return [self.model_view(e) for e in self._manager.entries()]
+
+    def status(self) -> StatusView:
+        ready = bool(self._ready()) if callable(self._ready) else False
+        return StatusView(__version__, ready, time.time() - self._started,
+                          self._manager.warm_versions, str(self._state_dir), self.models())
+
+    async def version_view(self, entry: ModelEntry, version: ModelVersion) -> VersionView:
+        identity = version.loaded.identity if version.loaded else await self._manager.identify(
+            version)
+        signature = version.loaded.signature if version.loaded else None
+        stats = version.stats
+        digest = identity.digest if identity else ""
+        return VersionView(
+            model=entry.name, number=version.number, digest=digest,
+            size=identity.size if identity else 0,
+            mtime=identity.mtime_ns / 1e9 if identity else 0.0,
+            ctime=identity.ctime_ns / 1e9 if identity else 0.0,
+            loaded_at=version.loaded_at if version.loaded else 0.0,
+            activated_at=version.activated_at, path=str(version.path),
+            state=entry.state_of(version), reason=version.reason,
+            inputs=signature.inputs if signature else (),
+            outputs=signature.outputs if signature else (),
+            requests=stats.execution_count, errors=stats.fail.count,
+            p50_ms=stats.latency.percentile(50) / 1e6,
+            p90_ms=stats.latency.percentile(90) / 1e6,
+            p99_ms=stats.latency.percentile(99) / 1e6,
+            inflight=version.inflight, quarantined=digest in self._manager.quarantine,
+        )
+
+    async def versions(self, model: str) -> list[VersionView]:
+        entry = self._manager.entry(model)
+        return [await self.version_view(entry, entry.versions[n]) for n in sorted(entry.versions)]
+
+    async def load(self, model: str, ref: str, *, actor: str, reason: str) -> VersionView:
+        if not ref:
+            raise InvalidInputError("load needs a version (number or digest prefix)")
+        version = await self._manager.load(model, ref, actor=check_actor(actor, "rpc"),
+                                           reason=reason)
+        return await self.version_view(self._manager.entry(model), version)
+
+    async def activate(self, model: str, ref: str, *, actor: str, expected_active: str,
+                       force: bool, reason: str) -> SwapResult:
+        return await self._manager.activate(
+            model, ref, actor=check_actor(actor, "rpc"), expected_active=expected_active,
+            force=force, reason=reason)
+
+    async def rollback(self, model: str, *, actor: str, expected_active: str, reason: str
+                       ) -> SwapResult:
+        return await self._manager.rollback(
+            model, actor=check_actor(actor, "rpc"), expected_active=expected_active,
+            reason=reason)
+
+    async def unload(self, model: str, ref: str, *, actor: str, reason: str) -> None:
+        await self._manager.unload(model, ref, actor=check_actor(actor, "rpc"), reason=reason)
+
+    async def pin(self, model: str, pinned: bool, *, actor: str, reason: str) -> bool:
+        await self._manager.set_pinned(model, pinned, actor=check_actor(actor, "rpc"),
+                                       reason=reason)
+        return pinned
+
+    def events(self, *, after: int, limit: int, model: str) -> tuple[list[Event], int]:
+        limit = min(limit or 100, MAX_PAGE)
+        log = self._manager.events
+        return log.page(after=after, limit=limit, model=model), log.last_seq
+
+    async def watch(self, *, after: int, model: str) -> AsyncIterator[Event]:
+        """History after `after`, then live events, with no gap and no repeat."""
+        log = self._manager.events
+        subscription = log.subscribe()  # before the history: nothing falls between
+        try:
+            last = after
+            while True:
+                page = log.page(after=last, limit=MAX_PAGE, model=model)
+                for event in page:
+                    yield event
+                    last = event.seq
+                if len(page) < MAX_PAGE:
+                    break
+            while True:
+                live = await subscription.next()
+                if live is None:
+                    raise UnavailableError(
+                        f"event follower fell behind; follow again with after_seq={last}")
+                if live.seq > last and (not model or live.model == model):
+                    yield live
+                    last = live.seq
+        finally:
+            subscription.close()

@@ -1,0 +1,70 @@
+"""Control-plane views and events -> `sidecar.control.v1` messages."""
+
+from __future__ import annotations
+
+from sidecar.handlers.control import ModelView, Ref, StatusView, VersionView
+from sidecar.loader.signature import TensorSpec
+from sidecar.manager.manager import SwapResult
+from sidecar.manager.version import ModelVersion
+from sidecar.rpc.proto import control_pb2 as pb
+from sidecar.state.events import Event
+
+
+def _ref(ref: Ref | None) -> pb.VersionRef:
+    return pb.VersionRef(number=ref.number, digest=ref.digest) if ref else pb.VersionRef()
+
+
+def _version_ref(version: ModelVersion | None) -> pb.VersionRef:
+    if version is None:
+        return pb.VersionRef()
+    return pb.VersionRef(number=version.number, digest=version.digest)
+
+
+def _specs(specs: tuple[TensorSpec, ...]) -> list[pb.TensorSpec]:
+    return [pb.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in specs]
+
+
+def model_info(view: ModelView) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=view.name, active=_ref(view.active), previous=_ref(view.previous),
+        pinned=view.pinned, ready=view.ready, loaded_versions=view.loaded_versions,
+        versions_on_disk=view.versions_on_disk,
+    )
+
+
+def status(view: StatusView) -> pb.StatusResponse:
+    return pb.StatusResponse(
+        version=view.version, ready=view.ready, uptime_s=view.uptime_s,
+        warm_versions=view.warm_versions, state_dir=view.state_dir,
+        models=[model_info(m) for m in view.models],
+    )
+
+
+def version_info(v: VersionView) -> pb.VersionInfo:
+    return pb.VersionInfo(
+        model=v.model, number=v.number, digest=v.digest, size=v.size, mtime=v.mtime,
+        ctime=v.ctime, loaded_at=v.loaded_at, activated_at=v.activated_at, path=v.path,
+        state=v.state, reason=v.reason, inputs=_specs(v.inputs), outputs=_specs(v.outputs),
+        counters=pb.VersionCounters(
+            requests=v.requests, errors=v.errors, p50_ms=v.p50_ms, p90_ms=v.p90_ms,
+            p99_ms=v.p99_ms, inflight=v.inflight,
+        ),
+        quarantined=v.quarantined,
+    )
+
+
+def swap(result: SwapResult) -> pb.SwapResponse:
+    return pb.SwapResponse(
+        model=result.model, from_version=_version_ref(result.from_version),
+        to_version=_version_ref(result.to_version), swap_us=result.swap_ns / 1e3,
+        total_ms=result.total_ns / 1e6,
+    )
+
+
+def event(e: Event) -> pb.Event:
+    return pb.Event(
+        seq=e.seq, time=e.time, model=e.model, action=e.action, actor=e.actor, reason=e.reason,
+        from_version=pb.VersionRef(number=e.from_version, digest=e.from_digest),
+        to_version=pb.VersionRef(number=e.to_version, digest=e.to_digest),
+        details=e.details,
+    )
