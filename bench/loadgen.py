@@ -11,13 +11,15 @@ tritonclient's generated stubs, checks the first response against the expected
 output (shape, dtype, values) and every later one's output size, counts errors,
 and records the latency of each call that completes inside the window.
 
-Client design, chosen by measuring on the 2-core machine (docs/performance.md):
-one grpc.aio process per core's worth of client work would starve the server,
-so the default is ONE process running all N calls as asyncio tasks on one
-channel. A grpc.aio client spends less CPU per call than sync stubs in threads
-(no GIL hand-offs between 16 threads), and a second client process only adds
-context switches on a machine whose other core the server needs. `--client-procs`
-and `--client-mode sync` keep the alternatives one flag away.
+Client design, chosen by measuring on the 2-core machine: ONE process running
+all N calls as grpc.aio tasks on one channel. The server under test is bound by
+its one event-loop thread (~1.1 cores with grpc's poller thread), so the client
+must leave it the rest of the machine: one aio process spends ~130-150 us of CPU
+per call (~0.7 core at 5,000 calls/s); two processes spent 160-190 us per call
+and cut the servers' throughput by 10-25 %. Sync stubs in 16 threads cost the
+same CPU per call as aio within noise; aio is kept because it needs no thread
+per call in flight. `--client-procs` and `--client-mode sync` keep the
+alternatives one flag away.
 """
 
 from __future__ import annotations
@@ -204,7 +206,7 @@ def check_first(response: Any, workload: Workload) -> None:
         raise AssertionError("output values differ from the in-process reference")
 
 
-def _sleep_until(t: float) -> float:
+def _delay_until(t: float) -> float:
     delay = t - time.monotonic()
     return max(0.0, delay)
 
@@ -246,7 +248,7 @@ async def _aio_main(
     async with grpc.aio.insecure_channel(address, options=_channel_options()) as channel:
         call: Callable[..., Any] = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
         check_first(await call(request, timeout=CALL_TIMEOUT_S), workload)
-        await asyncio.sleep(_sleep_until(schedule.begin))
+        await asyncio.sleep(_delay_until(schedule.begin))
 
         async def loop() -> None:
             while (started := time.monotonic()) < schedule.end:
@@ -272,7 +274,7 @@ def run_sync(
     with grpc.insecure_channel(address, options=_channel_options()) as channel:
         call: Callable[..., Any] = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
         check_first(call(request, timeout=CALL_TIMEOUT_S), workload)
-        time.sleep(_sleep_until(schedule.begin))
+        time.sleep(_delay_until(schedule.begin))
 
         def loop() -> None:
             while (started := time.monotonic()) < schedule.end:

@@ -127,7 +127,7 @@ def _row(f: Figures) -> str:
     rss = f"{f.rss_mb:8.1f}" if f.rss_mb is not None else f"{'-':>8}"
     return (
         f"{f.name:<9}{f.req_s:>10.0f}{f.p50_ms:>9.3f}{f.p99_ms:>9.3f}"
-        f"{f.cpu_us_per_req:>12.0f}{rss}"
+        f"{f.cpu_us_per_req:>12.0f}{rss}{f.server_cores:>7.2f}"
     )
 
 
@@ -142,7 +142,8 @@ def table(title: str, rows: list[Figures], r: Ratios, targets: Targets) -> str:
     per_p99 = " ".join(f"{x:.2f}" for x in r.per_round_p99)
     lines = [
         title,
-        f"{'':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'RSS MB':>8}",
+        f"{'':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'RSS MB':>8}"
+        f"{'cores':>7}",
         *(_row(f) for f in rows),
         f"sidecar/minimal: req/s {r.req_s:.2f}x (target >= {targets.min_req_s_ratio:.1f}x:"
         f" {_mark(rps_ok)}), p99 {r.p99:.2f}x (target <= {targets.max_p99_ratio:.1f}x:"

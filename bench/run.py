@@ -187,12 +187,15 @@ def measure_floor(scenario: Scenario, warmup_s: float, duration_s: float) -> Fig
                           errors=0)
 
 
-def start_server(kind: str, scenario: Scenario, args: argparse.Namespace) -> servers.Server:
+def start_server(
+    kind: str, scenario: Scenario, args: argparse.Namespace, workdir: Path
+) -> servers.Server:
+    """Start one server with `workdir` (fresh per run) as its working directory."""
     if kind == "sidecar":
-        command = servers.sidecar_command(scenario.repository, args.sidecar_arg)
-        return servers.start(kind, command, servers.sidecar_ready)
+        command = servers.sidecar_command(scenario.repository, workdir / "state", args.sidecar_arg)
+        return servers.start(kind, command, servers.sidecar_ready, cwd=workdir)
     command = servers.minimal_command(scenario.model_file, args.minimal_arg)
-    return servers.start(kind, command, servers.minimal_ready)
+    return servers.start(kind, command, servers.minimal_ready, cwd=workdir)
 
 
 def measure_server(kind: str, round_: int, scenario: Scenario, args: argparse.Namespace) -> Figures:
@@ -201,8 +204,9 @@ def measure_server(kind: str, round_: int, scenario: Scenario, args: argparse.Na
         scenario.workload, processes=args.client_procs, concurrency=args.concurrency,
         mode=args.client_mode,
     )
+    workdir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=scenario.repository.parent))
     try:
-        server = start_server(kind, scenario, args)
+        server = start_server(kind, scenario, args, workdir)
     except BaseException:
         clients.close()
         raise

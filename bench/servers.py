@@ -32,12 +32,17 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ReadyParser = Callable[[str], str | None]
 
 
-def sidecar_command(repository: Path, extra: Sequence[str]) -> list[str]:
-    # The console script, so the measured process is exactly what users run.
+def sidecar_command(repository: Path, state_dir: Path, extra: Sequence[str]) -> list[str]:
+    """`sidecar serve` as users run it (the console script), kept to the run's
+    temp directory: its own state directory (no state restored from an earlier
+    run, nothing written into the working tree) and a free control port (the
+    default 8002 may be taken). `extra` comes last, so it overrides these."""
     return [
         str(VENV_BIN / "sidecar"), "serve",
         "--model-repository", str(repository),
         "--listen", "127.0.0.1:0",
+        "--control-listen", "127.0.0.1:0",
+        "--state-dir", str(state_dir),
         "--log-format", "json",
         *extra,
     ]
@@ -114,11 +119,12 @@ class Server:
         self.stderr.close()
 
 
-def start(name: str, command: list[str], parse: ReadyParser,
+def start(name: str, command: list[str], parse: ReadyParser, *, cwd: Path,
           timeout: float = START_TIMEOUT_S) -> Server:
-    """Start a server and return once it printed its ready line."""
+    """Start a server in `cwd` (a temp directory: whatever it writes by a relative
+    path stays out of the working tree); return once it printed its ready line."""
     stderr = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=cwd)
     assert proc.stdout is not None
     lines: deque[str] = deque(maxlen=50)
     ready: queue.Queue[str | BaseException] = queue.Queue()

@@ -170,6 +170,32 @@ def identity_model(datatype: str) -> onnx.ModelProto:
     return _finish(graph)
 
 
+def slow_model(version: int, layers: int = 64, width: int = 256) -> onnx.ModelProto:
+    """Same signature as ``tiny`` (FP32 [batch, 4] -> [batch, 3]) but slow by
+    construction: ``layers`` MatMul+Tanh layers of ``width`` in between, all sharing
+    one weight so the file stays small while the compute grows.
+
+    Deterministic heavy compute, never a sleep: each input row costs about
+    layers * width^2 * 2 FLOPs, so the caller sets the time with the batch size.
+    Used by tests of drain and by the guard's examples.
+    """
+    rng = np.random.default_rng(1000 + version)
+    scale = np.float32(1.0 / np.sqrt(width))
+    inits = [
+        _init("W_in", rng.standard_normal((TINY_IN, width)).astype(np.float32) * scale),
+        _init("W", rng.standard_normal((width, width)).astype(np.float32) * scale),
+        _init("W_out", rng.standard_normal((width, TINY_OUT)).astype(np.float32)),
+    ]
+    nodes = [helper.make_node("MatMul", ["INPUT0", "W_in"], ["h0"])]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "W"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("MatMul", [f"h{layers}", "W_out"], ["OUTPUT0"]))
+    graph = helper.make_graph(nodes, f"slow_v{version}", [_fp32_io("INPUT0", TINY_IN)],
+                              [_fp32_io("OUTPUT0", TINY_OUT)], inits)
+    return _finish(graph)
+
+
 def dense_model(seed: int = 0, width: int = 512, hidden: int = 1024) -> onnx.ModelProto:
     """A compute-bound MLP for benchmarks: FP32 [batch, width] -> FP32 [batch, width].
 

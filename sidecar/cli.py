@@ -1,4 +1,4 @@
-"""The `sidecar` command: `sidecar serve` (more subcommands join it later).
+"""The `sidecar` command: `sidecar serve` and `sidecar ctl ...`.
 
 Every field of `Settings` is a flag of `serve` and a `SIDECAR_*` variable.
 Exit codes: 0 clean stop; 1 runtime failure (e.g. the port is in use);
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sidecar import __version__
+from sidecar import __version__, ctl
 from sidecar.settings import Settings, env_name, flag_name, parse_bool, setting_fields
 
 
@@ -73,6 +73,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         " variable named in its help.",
     )
     _add_setting_flags(serve)
+    ctl.add_parser(sub)
     return parser, serve
 
 
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(settings_from(args, serve_parser))
+    if args.command == "ctl":
+        return ctl.main(args)
     return _fail(f"unknown command {args.command}", 2)
 
 

@@ -52,3 +52,94 @@ def status_of(call: Any) -> tuple[str, str]:
     except InferenceServerException as exc:
         return str(exc.status()).removeprefix("StatusCode."), exc.message()
     raise AssertionError("the call succeeded but should have failed")
+
+
+def hammer(address: str, stop: Any, served: Any, seed: int, threads: int = 4
+           ) -> dict[str, int]:
+    """Client-process body: `threads` clients send tiny requests until `stop` is set.
+
+    Each answer is checked against the weights of the version it names. Returns
+    counts: ok, failed, wrong (output does not match its version), per version.
+    """
+    import threading
+
+    import make_models
+
+    weights = {v: make_models.tiny_weights(v) for v in (1, 2, 3)}
+    totals: dict[str, int] = {"ok": 0, "failed": 0, "wrong": 0}
+    lock = threading.Lock()
+
+    def run(k: int) -> None:
+        c = client(address)
+        rng = np.random.default_rng(seed * 100 + k)
+        counts: dict[str, int] = {"ok": 0, "failed": 0, "wrong": 0}
+        while not stop.is_set():
+            x = rng.standard_normal((2, 4)).astype(np.float32)
+            try:
+                result = c.infer("tiny", [infer_input("INPUT0", x, "FP32")])
+            except InferenceServerException:
+                counts["failed"] += 1
+                continue
+            version = int(result.get_response().model_version)
+            w, b = weights[version]
+            good = np.allclose(result.as_numpy("OUTPUT0"), x @ w + b, rtol=1e-4, atol=1e-5)
+            counts["ok" if good else "wrong"] += 1
+            counts[f"v{version}"] = counts.get(f"v{version}", 0) + 1
+            with served.get_lock():
+                served.value += 1
+        c.close()
+        with lock:
+            for key, n in counts.items():
+                totals[key] = totals.get(key, 0) + n
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return totals
+
+
+def control_stub(address: str) -> Any:
+    """A ModelControl stub (the control proto's package does not clash with tritonclient)."""
+    from sidecar.rpc.proto import control_pb2_grpc
+
+    return control_pb2_grpc.ModelControlStub(grpc.insecure_channel(address))
+
+
+def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll a condition of a server we cannot subscribe to, with a deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def hammer_process(address: str, stop: Any, served: Any, seed: int, results: Any) -> None:
+    """Entry point of a client process: run `hammer` and report its counts."""
+    results.put(hammer(address, stop, served, seed))
+
+
+def start_hammers(address: str, processes: int) -> tuple[Any, Any, Any, list[Any]]:
+    """Start client processes hammering `tiny`; returns (stop, served, results, procs)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    stop, served, results = ctx.Event(), ctx.Value("i", 0), ctx.Queue()
+    procs = [ctx.Process(target=hammer_process, args=(address, stop, served, seed, results))
+             for seed in range(processes)]
+    for proc in procs:
+        proc.start()
+    return stop, served, results, procs
+
+
+def stop_hammers(stop: Any, results: Any, procs: list[Any]) -> dict[str, int]:
+    stop.set()
+    reports = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    keys = {k for r in reports for k in r}
+    return {k: sum(r.get(k, 0) for r in reports) for k in keys}

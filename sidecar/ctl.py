@@ -1,0 +1,257 @@
+"""`sidecar ctl`: the control plane from a shell, for tools and people on call.
+
+Talks to `sidecar.control.v1.ModelControl` on the control address. Output is a
+readable table, or with `--json` one JSON document (one per line for
+`events --follow`). Errors are one line on stderr; the exit code says what
+kind (see EXIT_CODES and README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from sidecar.rpc.proto import control_pb2 as pb
+from sidecar.rpc.proto import control_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:8002"
+
+#: Exit codes by gRPC status (anything else: 1).
+EXIT_CODES: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 2,
+    grpc.StatusCode.NOT_FOUND: 3,
+    grpc.StatusCode.FAILED_PRECONDITION: 4,
+    grpc.StatusCode.UNAVAILABLE: 5,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 5,
+    grpc.StatusCode.UNAUTHENTICATED: 6,
+    grpc.StatusCode.PERMISSION_DENIED: 6,
+}
+
+
+def add_parser(sub: Any) -> None:
+    ctl = sub.add_parser(
+        "ctl", help="control a running sidecar (load, activate, rollback, ...)",
+        description="Control a running sidecar over its control address.")
+    ctl.add_argument("--address", default=os.environ.get("SIDECAR_CTL_ADDRESS", DEFAULT_ADDRESS),
+                     help="control address HOST:PORT [env SIDECAR_CTL_ADDRESS; default:"
+                     f" {DEFAULT_ADDRESS}]")
+    ctl.add_argument("--token-file", default=os.environ.get("SIDECAR_CTL_TOKEN_FILE", ""),
+                     help="file with the bearer token [env SIDECAR_CTL_TOKEN_FILE; else the"
+                     " token in SIDECAR_CONTROL_TOKEN]")
+    ctl.add_argument("--json", action="store_true", help="print JSON for scripts")
+    ctl.add_argument("--timeout", type=float, default=60.0,
+                     help="seconds to wait for an answer [default: 60]")
+    ctl.add_argument("--actor", default="cli", help="who acts, for the event log [default: cli]")
+    ctl.add_argument("--tls-ca", default="", help="PEM CA to verify the server (enables TLS)")
+    ctl.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
+    ctl.add_argument("--tls-key", default="", help="PEM client key (mutual TLS)")
+    commands = ctl.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
+    commands.add_parser("status", help="server readiness and every model's versions")
+    commands.add_parser("models", help="models with active and previous versions")
+    p = commands.add_parser("versions", help="every version of a model on disk")
+    p.add_argument("model")
+    p = commands.add_parser("load", help="load and warm a version without activating it")
+    p.add_argument("model")
+    p.add_argument("version", help="version number or digest prefix (12+ hex)")
+    p.add_argument("--reason", default="")
+    p = commands.add_parser("activate", help="make a version active (loads it if needed)")
+    p.add_argument("model")
+    p.add_argument("version", nargs="?", default="",
+                   help="version number or digest prefix; omitted: the highest loadable")
+    p.add_argument("--expected-active", default="",
+                   help="refuse unless this is the active version (number, digest, none)")
+    p.add_argument("--force", action="store_true",
+                   help="activate despite an incompatible signature or a quarantine")
+    p.add_argument("--reason", default="")
+    p = commands.add_parser("rollback", help="swap back to the previous version (instant)")
+    p.add_argument("model")
+    p.add_argument("--expected-active", default="")
+    p.add_argument("--reason", default="")
+    p = commands.add_parser("unload", help="unload a version, or the whole model")
+    p.add_argument("model")
+    p.add_argument("version", nargs="?", default="")
+    p.add_argument("--reason", default="")
+    for name, text in (("pin", "pin the active version: only commands change it"),
+                       ("unpin", "let the watcher and the guard change it again")):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("model")
+        p.add_argument("--reason", default="")
+    p = commands.add_parser("events", help="the event history; --follow for new events")
+    p.add_argument("--model", default="")
+    p.add_argument("--after", type=int, default=0, help="only events after this seq")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--follow", action="store_true", help="keep printing new events")
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file:
+        return Path(args.token_file).read_text().strip()
+    return os.environ.get("SIDECAR_CONTROL_TOKEN", "").strip()
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    if not (args.tls_ca or args.tls_cert):
+        return grpc.insecure_channel(args.address)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(args.tls_ca).read_bytes() if args.tls_ca else None,
+        private_key=Path(args.tls_key).read_bytes() if args.tls_key else None,
+        certificate_chain=Path(args.tls_cert).read_bytes() if args.tls_cert else None,
+    )
+    return grpc.secure_channel(args.address, credentials)
+
+
+def _dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True,
+                         always_print_fields_with_no_presence=True)
+
+
+def _when(seconds: float) -> str:
+    if not seconds:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _ref(ref: pb.VersionRef) -> str:
+    return f"{ref.number} ({ref.digest[:12]})" if ref.number else "-"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+def _models_table(models: Sequence[pb.ModelInfo]) -> str:
+    rows = [["MODEL", "ACTIVE", "PREVIOUS", "PINNED", "READY", "LOADED", "ON DISK"]]
+    rows += [[m.name, _ref(m.active), _ref(m.previous), "yes" if m.pinned else "no",
+              "yes" if m.ready else "no", ",".join(map(str, m.loaded_versions)) or "-",
+              str(m.versions_on_disk)] for m in models]
+    return _table(rows)
+
+
+def _versions_table(versions: Sequence[pb.VersionInfo]) -> str:
+    rows = [["VERSION", "STATE", "DIGEST", "SIZE", "LOADED", "ACTIVATED", "REQUESTS", "ERRORS",
+             "P50 MS", "P99 MS", "REASON"]]
+    for v in versions:
+        c = v.counters
+        rows.append([str(v.number), v.state + (" (quarantined)" if v.quarantined else ""),
+                     v.digest[:12] or "-", str(v.size), _when(v.loaded_at),
+                     _when(v.activated_at), str(c.requests), str(c.errors),
+                     f"{c.p50_ms:.2f}", f"{c.p99_ms:.2f}", v.reason])
+    return _table(rows)
+
+
+def _event_line(e: pb.Event) -> str:
+    change = ""
+    if e.from_version.number or e.to_version.number:
+        change = f" {_ref(e.from_version)} -> {_ref(e.to_version)}"
+    reason = f": {e.reason}" if e.reason else ""
+    return f"#{e.seq} {_when(e.time)} {e.model} {e.action}{change} by {e.actor}{reason}"
+
+
+def _swap_line(r: pb.SwapResponse) -> str:
+    return (f"{r.model}: {_ref(r.from_version)} -> {_ref(r.to_version)}"
+            f" (swap {r.swap_us:.1f} us, {r.total_ms:.1f} ms in all)")
+
+
+class Caller:
+    """Unary calls with the command's timeout and credentials."""
+
+    def __init__(self, timeout: float, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.timeout = timeout
+        self.metadata = metadata
+
+    def __call__(self, method: Any, request: Message) -> Any:
+        return method(request, timeout=self.timeout, metadata=self.metadata)
+
+
+def _run(args: argparse.Namespace, stub: pb_grpc.ModelControlStub, call: Caller) -> None:
+    command, out = args.ctl_command, print
+    if command == "status":
+        r = call(stub.Status, pb.StatusRequest())
+        out(json.dumps(_dict(r)) if args.json else
+            f"sidecar {r.version}  {'ready' if r.ready else 'NOT READY'}  up {r.uptime_s:.0f}s"
+            f"  warm-versions {r.warm_versions}  state {r.state_dir}\n"
+            + (_models_table(r.models) if r.models else "no models"))
+    elif command == "models":
+        r = call(stub.ListModels, pb.ListModelsRequest())
+        out(json.dumps(_dict(r)) if args.json else
+            _models_table(r.models) if r.models else "no models")
+    elif command == "versions":
+        r = call(stub.ListVersions, pb.ListVersionsRequest(model=args.model))
+        out(json.dumps(_dict(r)) if args.json else _versions_table(r.versions))
+    elif command == "load":
+        r = call(stub.Load, pb.LoadRequest(model=args.model, version=args.version,
+                                           actor=args.actor, reason=args.reason))
+        out(json.dumps(_dict(r)) if args.json else
+            f"{args.model}: version {r.version.number} ({r.version.digest[:12]}) {r.version.state}")
+    elif command in {"activate", "rollback"}:
+        if command == "activate":
+            r = call(stub.Activate, pb.ActivateRequest(
+                model=args.model, version=args.version, expected_active=args.expected_active,
+                force=args.force, actor=args.actor, reason=args.reason))
+        else:
+            r = call(stub.Rollback, pb.RollbackRequest(
+                model=args.model, expected_active=args.expected_active, actor=args.actor,
+                reason=args.reason))
+        out(json.dumps(_dict(r)) if args.json else _swap_line(r))
+    elif command == "unload":
+        call(stub.Unload, pb.UnloadRequest(model=args.model, version=args.version,
+                                           actor=args.actor, reason=args.reason))
+        what = f"version {args.version}" if args.version else "every version"
+        out(json.dumps({"model": args.model, "unloaded": args.version or "all"}) if args.json
+            else f"{args.model}: {what} unloaded")
+    elif command in {"pin", "unpin"}:
+        method = stub.Pin if command == "pin" else stub.Unpin
+        r = call(method, pb.PinRequest(model=args.model, actor=args.actor, reason=args.reason))
+        out(json.dumps({"model": args.model, "pinned": r.pinned}) if args.json else
+            f"{args.model}: {'pinned' if r.pinned else 'unpinned'}")
+    elif command == "events":
+        if args.follow:
+            stream = stub.WatchEvents(pb.WatchEventsRequest(after_seq=args.after,
+                                                            model=args.model),
+                                      metadata=call.metadata)
+            for event in stream:
+                out(json.dumps(_dict(event)) if args.json else _event_line(event), flush=True)
+            return
+        r = call(stub.ListEvents, pb.ListEventsRequest(after_seq=args.after, limit=args.limit,
+                                                       model=args.model))
+        if args.json:
+            out(json.dumps(_dict(r)))
+        else:
+            for event in r.events:
+                out(_event_line(event))
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        token = _token(args)
+    except OSError as exc:
+        return _fail(f"cannot read token file: {exc.strerror}", 2)
+    call = Caller(args.timeout, (("authorization", f"Bearer {token}"),) if token else ())
+    try:
+        with _channel(args) as channel:
+            _run(args, pb_grpc.ModelControlStub(channel), call)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        return _fail(f"{code.name}: {exc.details()}", EXIT_CODES.get(code, 1))
+    except OSError as exc:
+        return _fail(f"cannot read TLS file: {exc.strerror}: {exc.filename}", 2)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"sidecar ctl: error: {message}", file=sys.stderr)
+    return code
