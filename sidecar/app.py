@@ -142,6 +142,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.info("stopping", extra={"grace_s": settings.grace_s})
     finally:
         plane.stopping = True
+        events.end_followers()  # event streams would otherwise hold the grace period
         for listener in listeners:
             await listener.health.enter_graceful_shutdown()
         await asyncio.gather(*(lst.server.stop(settings.grace_s) for lst in listeners))

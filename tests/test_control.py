@@ -102,8 +102,10 @@ def test_ctl_readable_output_and_exit_codes(start_server, tmp_path) -> None:  # 
 
 
 def test_events_follow_streams_new_events(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """`ctl events --follow` prints history, then each new event as it happens."""
-    srv = start_server(_repo(tmp_path / "repo"))
+    """`ctl events --follow` prints history, then each new event as it happens; a
+    stopping server ends the stream instead of waiting out its grace period (120 s
+    here, longer than the test waits for the server to exit)."""
+    srv = start_server(_repo(tmp_path / "repo"), "--grace-s", "120")
     follower = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "ctl", "--address", srv.control_address, "--json",
          "events", "--follow", "--model", "tiny"],
@@ -115,9 +117,14 @@ def test_events_follow_streams_new_events(start_server, tmp_path) -> None:  # ty
         assert ctl(srv.control_address, "rollback", "tiny").returncode == 0
         live = json.loads(follower.stdout.readline())
         assert live["action"] == "rollback" and int(live["seq"]) > int(first["seq"])
+        # stopping the server ends the stream at once, not after the grace period
+        assert srv.stop() == 0
+        _, err = follower.communicate(timeout=30)
+        assert follower.returncode == 5 and "server is stopping" in err
     finally:
-        follower.kill()
-        follower.communicate(timeout=30)
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate(timeout=30)
 
 
 def test_bearer_token_is_required_on_the_control_address(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -178,9 +178,12 @@ class ControlPlane:
                     break
             while True:
                 live = await subscription.next()
-                if live is None:
+                if live is None and subscription.overflowed:
                     raise UnavailableError(
                         f"event follower fell behind; follow again with after_seq={last}")
+                if live is None:
+                    raise UnavailableError(
+                        f"the server is stopping; follow again with after_seq={last}")
                 if live.seq > last and (not model or live.model == model):
                     yield live
                     last = live.seq

@@ -61,9 +61,15 @@ class Subscription:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed = True
-            self._log.unsubscribe(self)
+            self.end()
+
+    def end(self) -> None:
+        """Stop following: the reader gets None next (after what it has queued,
+        unless the queue is full: then at once)."""
+        self._log.unsubscribe(self)
+        if self.queue.full():
             self.queue.get_nowait()
-            self.queue.put_nowait(None)  # wake the reader: it ends the stream
+        self.queue.put_nowait(None)
 
     async def next(self) -> Event | None:
         return await self.queue.get()
@@ -163,7 +169,13 @@ class EventLog:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
 
+    def end_followers(self) -> None:
+        """End every follower's stream (at shutdown, so none holds the server)."""
+        for sub in list(self._subscribers):
+            sub.end()
+
     def close(self) -> None:
+        self.end_followers()
         if self._file is not None:
             self._file.close()
             self._file = None
