@@ -196,6 +196,28 @@ def slow_model(version: int, layers: int = 64, width: int = 256) -> onnx.ModelPr
     return _finish(graph)
 
 
+def large_model(version: int, megabytes: int = 100) -> onnx.ModelProto:
+    """A model of about ``megabytes`` MB with tiny's signature (FP32 [batch, 4] ->
+    [batch, 3]), for memory benchmarks: one square hidden weight holds the bytes.
+    Written to a temporary repository by the benchmark, never committed."""
+    width = int(np.sqrt(megabytes * 1024 * 1024 / 4))
+    rng = np.random.default_rng(2000 + version)
+    scale = np.float32(1.0 / np.sqrt(width))
+    inits = [
+        _init("W_in", rng.standard_normal((TINY_IN, width)).astype(np.float32)),
+        _init("W", rng.standard_normal((width, width), dtype=np.float32) * scale),
+        _init("W_out", rng.standard_normal((width, TINY_OUT)).astype(np.float32) * scale),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["INPUT0", "W_in"], ["h0"]),
+        helper.make_node("MatMul", ["h0", "W"], ["h1"]),
+        helper.make_node("MatMul", ["h1", "W_out"], ["OUTPUT0"]),
+    ]
+    graph = helper.make_graph(nodes, f"large_v{version}", [_fp32_io("INPUT0", TINY_IN)],
+                              [_fp32_io("OUTPUT0", TINY_OUT)], inits)
+    return _finish(graph)
+
+
 def dense_model(seed: int = 0, width: int = 512, hidden: int = 1024) -> onnx.ModelProto:
     """A compute-bound MLP for benchmarks: FP32 [batch, width] -> FP32 [batch, width].
 

@@ -19,9 +19,11 @@ from sidecar.handlers.control import ControlPlane
 from sidecar.handlers.dataplane import DataPlane
 from sidecar.loader.onnx import SessionConfig
 from sidecar.manager.manager import ModelManager
+from sidecar.manager.sync import RepositorySync
 from sidecar.rpc.auth import read_token, server_credentials
 from sidecar.rpc.server import build_control_server, build_inference_server
 from sidecar.settings import Settings
+from sidecar.source.watcher import RepositoryWatcher
 from sidecar.state.events import EventLog
 from sidecar.state.store import StateStore
 
@@ -84,6 +86,29 @@ def _open_state(settings: Settings) -> tuple[StateStore, EventLog]:
     return store, events
 
 
+class WatchTask:
+    """The repository watcher running beside the servers."""
+
+    def __init__(self, watcher: RepositoryWatcher) -> None:
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(watcher.run(self._stop), name="watcher")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._task
+
+
+def _start_watcher(settings: Settings, manager: ModelManager) -> WatchTask | None:
+    if not settings.watch:
+        return None
+    sync = RepositorySync(manager, settings.model_repository,
+                          default_policy=settings.watch_policy)
+    watcher = RepositoryWatcher(
+        settings.model_repository, sync.apply, settle_s=settings.watch_settle_ms / 1000,
+        poll=settings.watch_poll, poll_interval_ms=settings.watch_poll_ms)
+    return WatchTask(watcher)
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the sidecar until `stop` is set or SIGTERM/SIGINT arrives."""
     check(settings)
@@ -128,6 +153,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     addresses = {"address": inference.address, "control_address": control.address}
+    watching: WatchTask | None = None
     try:
         for listener in listeners:
             await listener.server.start()
@@ -135,12 +161,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.info("listening", extra={**addresses, "control_auth": bool(token),
                                      "state_dir": str(settings.state_dir)})
         await manager.start()
+        watching = _start_watcher(settings, manager)
         await set_server_health(plane.ready())
         served = sorted(e.name for e in manager.entries() if e.serving.active is not None)
         log.info("serving", extra={**addresses, "models": served, "ready": plane.ready()})
         await stop.wait()
         log.info("stopping", extra={"grace_s": settings.grace_s})
     finally:
+        if watching is not None:
+            await watching.stop()
         plane.stopping = True
         events.end_followers()  # event streams would otherwise hold the grace period
         for listener in listeners:

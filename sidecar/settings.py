@@ -64,6 +64,28 @@ class Settings:
         "PEM CA bundle: with it the control server requires client certificates it"
         " signed (mutual TLS).",
     )
+    watch: bool = _setting(
+        True,
+        "Watch the model repository and act on new, changed and removed versions"
+        " (--no-watch: only commands change what serves).",
+    )
+    watch_poll: bool = _setting(
+        False,
+        "Poll the repository instead of inotify (network and FUSE filesystems that"
+        " send no events).",
+    )
+    watch_poll_ms: int = _setting(500, "Polling interval with --watch-poll, in ms.")
+    watch_settle_ms: int = _setting(
+        500,
+        "A model file counts as complete once unchanged for this long (or older than"
+        " this): half-copied files are never loaded.",
+    )
+    watch_policy: str = _setting(
+        "activate",
+        "What the watcher does with a new highest version of a model, unless the"
+        " model's sidecar.json says otherwise: activate it, load it warm, or ignore it.",
+        choices=("activate", "load", "ignore"),
+    )
     max_message_mb: int = _setting(
         256,
         "Largest gRPC message received or sent, in MiB (grpc's default is 4)."

@@ -54,18 +54,20 @@ def status_of(call: Any) -> tuple[str, str]:
     raise AssertionError("the call succeeded but should have failed")
 
 
-def hammer(address: str, stop: Any, served: Any, seed: int, threads: int = 4
-           ) -> dict[str, int]:
-    """Client-process body: `threads` clients send tiny requests until `stop` is set.
+def hammer(address: str, stop: Any, served: Any, seed: int, threads: int = 4,
+           models: tuple[str, ...] = ("tiny",)) -> dict[str, int]:
+    """Client-process body: `threads` clients send requests to `models` (each made
+    of tiny_model versions) until `stop` is set.
 
     Each answer is checked against the weights of the version it names. Returns
-    counts: ok, failed, wrong (output does not match its version), per version.
+    counts: ok, failed, wrong (output does not match its version), per version;
+    the first failure's message is under "first_error" (as a count of 1).
     """
     import threading
 
     import make_models
 
-    weights = {v: make_models.tiny_weights(v) for v in (1, 2, 3)}
+    weights = {v: make_models.tiny_weights(v) for v in range(1, 16)}
     totals: dict[str, int] = {"ok": 0, "failed": 0, "wrong": 0}
     lock = threading.Lock()
 
@@ -75,10 +77,12 @@ def hammer(address: str, stop: Any, served: Any, seed: int, threads: int = 4
         counts: dict[str, int] = {"ok": 0, "failed": 0, "wrong": 0}
         while not stop.is_set():
             x = rng.standard_normal((2, 4)).astype(np.float32)
+            model = models[int(rng.integers(len(models)))]
             try:
-                result = c.infer("tiny", [infer_input("INPUT0", x, "FP32")])
-            except InferenceServerException:
+                result = c.infer(model, [infer_input("INPUT0", x, "FP32")])
+            except InferenceServerException as exc:
                 counts["failed"] += 1
+                counts.setdefault(f"first_error: {model}: {exc.message()}", 1)
                 continue
             version = int(result.get_response().model_version)
             w, b = weights[version]
@@ -118,18 +122,21 @@ def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -
         time.sleep(0.005)
 
 
-def hammer_process(address: str, stop: Any, served: Any, seed: int, results: Any) -> None:
+def hammer_process(address: str, stop: Any, served: Any, seed: int, results: Any,
+                   models: tuple[str, ...]) -> None:
     """Entry point of a client process: run `hammer` and report its counts."""
-    results.put(hammer(address, stop, served, seed))
+    results.put(hammer(address, stop, served, seed, models=models))
 
 
-def start_hammers(address: str, processes: int) -> tuple[Any, Any, Any, list[Any]]:
-    """Start client processes hammering `tiny`; returns (stop, served, results, procs)."""
+def start_hammers(address: str, processes: int, models: tuple[str, ...] = ("tiny",)
+                  ) -> tuple[Any, Any, Any, list[Any]]:
+    """Start client processes hammering `models`; returns (stop, served, results, procs)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     stop, served, results = ctx.Event(), ctx.Value("i", 0), ctx.Queue()
-    procs = [ctx.Process(target=hammer_process, args=(address, stop, served, seed, results))
+    procs = [ctx.Process(target=hammer_process,
+                         args=(address, stop, served, seed, results, models))
              for seed in range(processes)]
     for proc in procs:
         proc.start()
@@ -143,3 +150,57 @@ def stop_hammers(stop: Any, results: Any, procs: list[Any]) -> dict[str, int]:
         proc.join(timeout=60)
     keys = {k for r in reports for k in r}
     return {k: sum(r.get(k, 0) for r in reports) for k in keys}
+
+
+class EventStream:
+    """Follows the server's WatchEvents in a thread; tests wait on what arrives."""
+
+    def __init__(self, control_address: str) -> None:
+        import threading
+
+        from sidecar.rpc.proto import control_pb2
+
+        self.events: list[Any] = []
+        self._cond = threading.Condition()
+        self._channel = grpc.insecure_channel(control_address)
+        stub = control_stub_for(self._channel)
+        self._call = stub.WatchEvents(control_pb2.WatchEventsRequest())
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self._call:
+                with self._cond:
+                    self.events.append(event)
+                    self._cond.notify_all()
+        except grpc.RpcError:
+            pass  # cancelled at close, or the server stopped
+
+    def wait_for(self, timeout: float = 30.0, **fields: Any) -> Any:
+        """The first event (from the start) whose fields match; waits for it."""
+        def match(e: Any) -> bool:
+            return all((e.to_version.number if k == "to" else getattr(e, k)) == v
+                       for k, v in fields.items())
+
+        with self._cond:
+            found = self._cond.wait_for(lambda: next(filter(match, self.events), None),
+                                        timeout)
+        if found is None:
+            seen = [(e.model, e.action, e.to_version.number, e.reason) for e in self.events]
+            raise AssertionError(f"no event {fields} within {timeout}s; saw {seen}")
+        return found
+
+    def of(self, model: str) -> list[Any]:
+        with self._cond:
+            return [e for e in self.events if e.model == model]
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._channel.close()
+
+
+def control_stub_for(channel: grpc.Channel) -> Any:
+    from sidecar.rpc.proto import control_pb2_grpc
+
+    return control_pb2_grpc.ModelControlStub(channel)

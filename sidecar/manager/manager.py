@@ -31,6 +31,7 @@ from sidecar.errors import (
 )
 from sidecar.loader.onnx import FileIdentity, LoadedModel, SessionConfig, file_identity, load
 from sidecar.manager.compat import incompatibilities
+from sidecar.manager.plan import ModelFacts
 from sidecar.manager.serving import ServingState
 from sidecar.manager.version import ModelVersion, Phase, VersionStats
 from sidecar.source.repository import parse_version, scan_model, scan_repository
@@ -57,6 +58,8 @@ class ModelEntry:
     pinned: bool = False
     #: Unloaded by a command: stays unloaded across restarts until loaded again.
     unloaded: bool = False
+    #: The highest version number the watcher (or the first start) has handled.
+    watermark: int = 0
 
     def state_of(self, version: ModelVersion) -> str:
         """The state reported for a version: its role while READY, else its phase."""
@@ -326,10 +329,16 @@ class ModelManager:
             entry = ModelEntry(name)
             for number, disk in versions.items():
                 entry.versions[number] = ModelVersion(name, number, disk.path)
-            entry.pinned = saved.models.get(name, SavedModel()).pinned
+            saved_model = saved.models.get(name, SavedModel())
+            entry.pinned, entry.watermark = saved_model.pinned, saved_model.watermark
             self._models[name] = entry
         await asyncio.gather(*(self._restore(e, saved.models.get(e.name))
                                for e in self._models.values()))
+        for entry in self._models.values():
+            if not entry.watermark and entry.serving.active is not None:
+                # What a first start serves is not "new" to the watcher; versions
+                # above it (they failed to load) are, and are retried on change.
+                entry.watermark = entry.serving.active.number
         await self._persist()
         self.started = True
 
@@ -571,6 +580,39 @@ class ModelManager:
             await self._commit(self.events.make(model, "pin" if pinned else "unpin", actor,
                                                 reason))
 
+    # ---- for the repository watcher ----------------------------------------------
+
+    def facts(self, model: str) -> ModelFacts:
+        entry = self._models.get(model)
+        if entry is None:
+            return ModelFacts()
+        serving = entry.serving
+        return ModelFacts(True, serving.active.number if serving.active else 0,
+                          frozenset(serving.loaded), entry.pinned, entry.watermark,
+                          entry.unloaded)
+
+    async def raise_watermark(self, model: str, number: int) -> None:
+        entry = self._models.get(model)
+        if entry is not None and number > entry.watermark:
+            entry.watermark = number
+            await self._persist()
+
+    async def forget(self, model: str, *, actor: str, reason: str) -> None:
+        """Drop a model whose folder is gone: unload it (after draining), forget it."""
+        entry = self.entry(model)
+        await self.unload(model, actor=actor, reason=reason)
+        async with entry.lock:
+            if self._models.get(model) is entry and not (self._repository / model).is_dir():
+                del self._models[model]
+                await self._persist()
+                await self._notify(entry)
+
+    async def note(self, model: str, action: str, *, actor: str, reason: str,
+                   version: int = 0) -> None:
+        """Record an event that changes nothing (a skip, a warning)."""
+        await self._record(self.events.make(model, action, actor, reason,
+                                            to_version=version))
+
     async def _unload(self, version: ModelVersion) -> None:
         if version.phase is not Phase.READY:
             return
@@ -595,6 +637,7 @@ class ModelManager:
                 VersionRef(active.number, active.digest) if active else None,
                 VersionRef(previous.number, previous.digest) if previous else None,
                 entry.pinned,
+                entry.watermark,
             )
         return SavedState(models, dict(self.quarantine))
 

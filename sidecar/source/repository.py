@@ -33,8 +33,12 @@ def parse_version(text: str) -> int | None:
     return number if number > 0 else None
 
 
+TEMP_SUFFIXES = (".tmp", ".part", "~", ".swp")
+
+
 def is_model_name(name: str) -> bool:
-    return bool(name) and not name.startswith(".") and not name.endswith("~")
+    """Folders that are models: not hidden, not a copy's temporary name."""
+    return bool(name) and not name.startswith(".") and not name.endswith(TEMP_SUFFIXES)
 
 
 def scan_model(root: Path, name: str) -> dict[int, VersionOnDisk]:

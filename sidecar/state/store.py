@@ -39,6 +39,8 @@ class SavedModel:
     active: VersionRef | None = None
     previous: VersionRef | None = None
     pinned: bool = False
+    #: The highest version the watcher has handled: only higher ones are new.
+    watermark: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class SavedState:
                 VersionRef.from_json(m.get("active")),
                 VersionRef.from_json(m.get("previous")),
                 bool(m.get("pinned", False)),
+                int(m.get("watermark", 0)),
             )
             for name, m in data.get("models", {}).items()
         }
