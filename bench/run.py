@@ -29,6 +29,7 @@ import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +48,8 @@ import servers
 from loadgen import Schedule, Workload
 from report import Figures, Targets
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 #: Lead time between `go` and the warm-up: the workers connect in it.
 LEAD_S = 0.05
 
@@ -104,7 +106,19 @@ def machine() -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "numpy": np.__version__,
         "loadavg_at_start": os.getloadavg(),
+        "sidecar_revision": sidecar_revision(),
     }
+
+
+def sidecar_revision() -> str:
+    """The commit the measured sidecar comes from, `+dirty` if sidecar/ has changes."""
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True,
+                              check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--", "sidecar") else "")
 
 
 def _cpu_model() -> str:
@@ -273,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {info['cpu_count']} CPUs ({info['cpu_model']}), python {info['python']},"
           f" onnxruntime {info['onnxruntime']}, grpcio {info['grpcio']},"
           f" load average {' '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}")
+    print(f"sidecar: {info['sidecar_revision']} (git revision of this checkout)")
     print(f"load: {args.concurrency} calls in flight from {args.client_procs} {args.client_mode}"
           f" client process(es); {args.warmup:g} s warm-up + {args.duration:g} s measured;"
           f" {args.rounds} round(s)")
@@ -281,8 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(flush=True)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
-        for scenario in build_scenarios(Path(tmp), args.scenario or ["tiny", "dense"]):
-            results[scenario.key] = run_scenario(scenario, args)
+        try:
+            for scenario in build_scenarios(Path(tmp), args.scenario or ["tiny", "dense"]):
+                results[scenario.key] = run_scenario(scenario, args)
+        except RuntimeError as exc:  # a server or a client failed: no figures
+            print(f"bench: error: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         payload = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
                    "scenarios": results}

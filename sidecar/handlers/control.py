@@ -13,7 +13,8 @@ from pathlib import Path
 from sidecar import __version__
 from sidecar.errors import InvalidInputError, UnavailableError
 from sidecar.loader.signature import TensorSpec
-from sidecar.manager.manager import ModelEntry, ModelManager, SwapResult
+from sidecar.manager.entry import ModelEntry, SwapResult
+from sidecar.manager.manager import ModelManager
 from sidecar.manager.version import ModelVersion
 from sidecar.state.events import Event
 

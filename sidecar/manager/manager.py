@@ -16,8 +16,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -25,56 +23,30 @@ from typing import Any
 from sidecar.errors import (
     FailedPreconditionError,
     InvalidInputError,
-    ModelLoadError,
     NotFoundError,
     UnavailableError,
 )
-from sidecar.loader.onnx import FileIdentity, LoadedModel, SessionConfig, file_identity, load
+from sidecar.loader.onnx import FileIdentity, SessionConfig, load
 from sidecar.manager.compat import incompatibilities
+from sidecar.manager.entry import ModelEntry, SwapResult
+from sidecar.manager.journal import Journal
+from sidecar.manager.loading import Loader, VersionLoading
 from sidecar.manager.plan import ModelFacts
+from sidecar.manager.restore import Restorer
 from sidecar.manager.serving import ServingState
-from sidecar.manager.version import ModelVersion, Phase, VersionStats
+from sidecar.manager.version import ModelVersion, Phase
 from sidecar.source.repository import parse_version, scan_model, scan_repository
-from sidecar.state.events import Event, EventLog
+from sidecar.state.events import EventLog
 from sidecar.state.store import SavedModel, SavedState, StateStore, VersionRef
 
 log = logging.getLogger("sidecar.manager")
 
 #: Told (model name, has a serving version) after every change of a model.
 ReadinessListener = Callable[[str, bool], Awaitable[None]]
-Loader = Callable[[Path, SessionConfig], LoadedModel]
 
 #: Actors whose changes a pin blocks (a pinned model changes only by command).
 AUTOMATIC_ACTORS = frozenset({"watcher", "guard"})
 MIN_DIGEST_PREFIX = 12
-
-
-@dataclass(eq=False)
-class ModelEntry:
-    name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    serving: ServingState = field(default_factory=ServingState.empty)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pinned: bool = False
-    #: Unloaded by a command: stays unloaded across restarts until loaded again.
-    unloaded: bool = False
-    #: The highest version number the watcher (or the first start) has handled.
-    watermark: int = 0
-
-    def state_of(self, version: ModelVersion) -> str:
-        """The state reported for a version: its role while READY, else its phase."""
-        if version.phase is Phase.READY:
-            return self.serving.role(version) or Phase.READY.name
-        return version.phase.name
-
-
-@dataclass(frozen=True, slots=True)
-class SwapResult:
-    model: str
-    from_version: ModelVersion | None
-    to_version: ModelVersion
-    swap_ns: int  # the pointer swap itself
-    total_ns: int  # the whole command, load included
 
 
 class ModelManager:
@@ -94,13 +66,12 @@ class ModelManager:
         self._store = store
         self.events = events or EventLog(None)
         self._warm_versions = max(1, warm_versions)
-        self._loader = loader
-        self._load_pool = ThreadPoolExecutor(load_threads, thread_name_prefix="load")
-        self._io_pool = ThreadPoolExecutor(1, thread_name_prefix="state-io")
         self._models: dict[str, ModelEntry] = {}
         self._listeners: list[ReadinessListener] = []
-        self._loading: dict[ModelVersion, asyncio.Future[bool]] = {}
-        self.quarantine: dict[str, str] = {}
+        self.quarantine: dict[str, str] = {}  # digest -> why; shared with the loader
+        self._loading = VersionLoading(config, loader, load_threads,
+                                       on_failure=self._load_failed, quarantine=self.quarantine)
+        self._journal = Journal(store, self.events, self._snapshot)
         self.started = False
 
     # ---- queries (request path) ----------------------------------------------
@@ -169,22 +140,11 @@ class ModelManager:
     # ---- identity and references -----------------------------------------------
 
     async def identify(self, version: ModelVersion) -> FileIdentity | None:
-        """The file's identity (digest ...), recomputed only when its stat changed."""
-        try:
-            st = version.path.stat()
-        except OSError:
-            return version.identity if version.loaded else None
-        known = version.identity
-        if known and (known.size, known.mtime_ns, known.ctime_ns) == (
-                st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-            return known
-        loop = asyncio.get_running_loop()
-        try:
-            version.identity = await loop.run_in_executor(
-                self._load_pool, file_identity, version.path)
-        except ModelLoadError:
-            return None
-        return version.identity
+        return await self._loading.identify(version)
+
+    async def _load_failed(self, version: ModelVersion, actor: str, reason: str) -> None:
+        await self._journal.record(self.events.make(
+            version.model, "load-failed", actor, reason, to_version=version.number))
 
     async def resolve(self, entry: ModelEntry, ref: str) -> ModelVersion:
         """A version by number ("3") or by digest prefix (12+ hex characters)."""
@@ -257,74 +217,13 @@ class ModelManager:
             raise NotFoundError(f"no model '{model}' in the repository")
         return self._models.setdefault(model, ModelEntry(model))
 
-    # ---- loading ---------------------------------------------------------------
-
-    async def _ensure_loaded(self, version: ModelVersion, actor: str) -> bool:
-        """Load and warm up a version unless it is READY; one load at a time per version."""
-        if version.phase is Phase.READY:
-            return True
-        pending = self._loading.get(version)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._loading[version] = future
-        try:
-            ok = await self._load(version, actor)
-            future.set_result(ok)
-            return ok
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        finally:
-            del self._loading[version]
-            if not future.cancelled() and future.exception() is not None:
-                future.exception()  # retrieved: no "never retrieved" warning
-
-    async def _load(self, version: ModelVersion, actor: str) -> bool:
-        version.phase, version.reason = Phase.LOADING, ""
-        log.info("loading", extra={"model": version.model, "version": version.number})
-        loop = asyncio.get_running_loop()
-        try:
-            loaded = await loop.run_in_executor(
-                self._load_pool, self._loader, version.path, self._config)
-        except ModelLoadError as exc:
-            version.phase, version.reason = Phase.FAILED, str(exc)
-            await self._record(self.events.make(
-                version.model, "load-failed", actor, str(exc), to_version=version.number))
-            return False
-        version.loaded, version.identity = loaded, loaded.identity
-        version.loaded_at = time.time()
-        version.stats = VersionStats(mean_infer_ns=float(loaded.warmup_ns))
-        version.phase = Phase.READY
-        log.info("ready", extra={"model": version.model, "version": version.number,
-                                 "digest": loaded.identity.digest,
-                                 "load_ms": round(loaded.load_ns / 1e6, 1)})
-        return True
-
-    async def _highest_loadable(
-        self, entry: ModelEntry, actor: str, *, below: int | None = None,
-        skip: ModelVersion | None = None,
-    ) -> ModelVersion | None:
-        for number in sorted(entry.versions, reverse=True):
-            version = entry.versions[number]
-            if (below is not None and number >= below) or version is skip:
-                continue
-            if version.phase is Phase.FAILED:
-                continue
-            identity = await self.identify(version)
-            if identity is not None and identity.digest in self.quarantine:
-                continue
-            if await self._ensure_loaded(version, actor):
-                return version
-        return None
-
     # ---- startup -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Restore the saved serving state; with none, serve each model's highest
-        loadable version and keep the next highest warm as its previous."""
+        """Restore the saved serving state (see `restore`) for every model on disk."""
         saved = self._store.load() if self._store else SavedState()
-        self.quarantine = dict(saved.quarantine)
+        self.quarantine.clear()
+        self.quarantine.update(saved.quarantine)
         for name, versions in scan_repository(self._repository).items():
             entry = ModelEntry(name)
             for number, disk in versions.items():
@@ -332,77 +231,17 @@ class ModelManager:
             saved_model = saved.models.get(name, SavedModel())
             entry.pinned, entry.watermark = saved_model.pinned, saved_model.watermark
             self._models[name] = entry
-        await asyncio.gather(*(self._restore(e, saved.models.get(e.name))
+        restorer = Restorer(self._loading, self._journal, self.events,
+                            warm_versions=self._warm_versions, notify=self._notify)
+        await asyncio.gather(*(restorer.restore(e, saved.models.get(e.name))
                                for e in self._models.values()))
         for entry in self._models.values():
             if not entry.watermark and entry.serving.active is not None:
                 # What a first start serves is not "new" to the watcher; versions
                 # above it (they failed to load) are, and are retried on change.
                 entry.watermark = entry.serving.active.number
-        await self._persist()
+        await self._journal.persist()
         self.started = True
-
-    async def _restore(self, entry: ModelEntry, saved: SavedModel | None) -> None:
-        async with entry.lock:
-            if saved is not None and saved.active is None:
-                entry.unloaded = True
-                await self._record(self.events.make(
-                    entry.name, "restore", "startup",
-                    "the model was unloaded by a command before the restart; it stays unloaded"))
-                return
-            active, why = None, "no saved state"
-            if saved is not None and saved.active is not None:
-                active, why = await self._find_saved(entry, saved.active, "active")
-            fallback = active is None
-            if active is None:
-                active = await self._highest_loadable(entry, "startup")
-            if active is None:
-                await self._record(self.events.make(
-                    entry.name, "restore-failed", "startup",
-                    f"no version of model '{entry.name}' can be loaded"))
-                log.error("model not served", extra={"model": entry.name})
-                return
-            previous = None
-            if self._warm_versions >= 2:
-                if saved is not None and saved.previous is not None:
-                    previous, _ = await self._find_saved(entry, saved.previous, "previous")
-                if previous is None or previous is active:
-                    previous = await self._highest_loadable(
-                        entry, "startup", below=active.number, skip=active)
-            loaded = {v.number: v for v in (previous, active) if v is not None}
-            entry.serving = ServingState(active, previous, MappingProxyType(loaded))
-            active.activated_at = time.time()
-            reason = f"{why}: serving the highest loadable version" if fallback \
-                else "restored the saved active version"
-            await self._record(self.events.make(
-                entry.name, "restore", "startup", reason, to_version=active.number,
-                to_digest=active.digest,
-                details={"previous": str(previous.number) if previous else ""}))
-            await self._notify(entry)
-
-    async def _find_saved(
-        self, entry: ModelEntry, ref: VersionRef, role: str
-    ) -> tuple[ModelVersion | None, str]:
-        """The version with the saved digest: at its number, else wherever it moved."""
-        candidates = sorted(entry.versions.values(), key=lambda v: v.number != ref.number)
-        for version in candidates:
-            identity = await self.identify(version)
-            if identity is None or identity.digest != ref.digest:
-                continue
-            if not await self._ensure_loaded(version, "startup"):
-                return None, f"saved {role} version {ref.number} fails to load: {version.reason}"
-            if version.number != ref.number:
-                await self._record(self.events.make(
-                    entry.name, "restore-moved", "startup",
-                    f"saved {role} digest found at version {version.number}, not {ref.number}",
-                    from_version=ref.number, to_version=version.number, to_digest=ref.digest))
-            return version, ""
-        reason = (f"saved {role} version {ref.number} (digest {ref.digest[:12]}) is no"
-                  " longer on disk with that digest")
-        await self._record(self.events.make(
-            entry.name, "restore-mismatch", "startup", reason,
-            from_version=ref.number, from_digest=ref.digest))
-        return None, reason
 
     # ---- commands ----------------------------------------------------------------
 
@@ -411,7 +250,7 @@ class ModelManager:
         activated or unloaded, beyond the warm-version budget)."""
         entry = self._entry_for(model)
         version = await self.resolve(entry, ref)
-        if not await self._ensure_loaded(version, actor):
+        if not await self._loading.ensure(version, actor):
             raise UnavailableError(f"{version.label} cannot be loaded: {version.reason}")
         async with entry.lock:
             if version.phase is not Phase.READY:
@@ -420,9 +259,8 @@ class ModelManager:
                 version.held = True
                 loaded = dict(entry.serving.loaded)
                 loaded[version.number] = version
-                entry.serving = ServingState(entry.serving.active, entry.serving.previous,
-                                             MappingProxyType(loaded))
-            await self._commit(self.events.make(
+                entry.serving = entry.serving.but(loaded=MappingProxyType(loaded))
+            await self._journal.commit(self.events.make(
                 model, "load", actor, reason, to_version=version.number,
                 to_digest=version.digest))
             await self._notify(entry)
@@ -446,13 +284,13 @@ class ModelManager:
                 raise FailedPreconditionError(
                     f"{version.label} is quarantined ({self.quarantine[version.digest]});"
                     " unquarantine it or use force")
-            if not await self._ensure_loaded(version, actor):
+            if not await self._loading.ensure(version, actor):
                 raise UnavailableError(f"{version.label} cannot be loaded: {version.reason}")
         else:
             self._refresh(entry)
             if not entry.versions:
                 raise NotFoundError(f"model '{model}' has no version folders")
-            version = await self._highest_loadable(entry, actor)
+            version = await self._loading.highest(entry.versions, actor)
             if version is None:
                 raise UnavailableError(f"no version of model '{model}' can be loaded")
         async with entry.lock:
@@ -471,11 +309,11 @@ class ModelManager:
                             f" {old.number}: {'; '.join(problems)} (force to activate anyway)")
             except Exception:
                 if entry.serving.role(version) is None:
-                    await self._unload(version)  # loaded only for this activation
+                    await self._loading.unload(version)  # loaded only for this activation
                 raise
             swap_ns = self._swap(entry, version, previous=old)
             entry.unloaded = False
-            await self._commit(self.events.make(
+            await self._journal.commit(self.events.make(
                 model, "activate", actor, reason,
                 from_version=old.number if old else 0, from_digest=old.digest if old else "",
                 to_version=version.number, to_digest=version.digest,
@@ -502,7 +340,7 @@ class ModelManager:
                 raise FailedPreconditionError(
                     f"model '{model}' has no warm previous version to roll back to{hint}")
             swap_ns = self._swap(entry, target, previous=old)
-            await self._commit(self.events.make(
+            await self._journal.commit(self.events.make(
                 model, "rollback", actor, reason, from_version=old.number,
                 from_digest=old.digest, to_version=target.number, to_digest=target.digest))
             await self._notify(entry)
@@ -534,6 +372,7 @@ class ModelManager:
         kept = [v for v in (serving.previous,) if v is not None]
         others = sorted((v for v in serving.loaded.values()
                          if v is not serving.active and v is not serving.previous
+                         and v is not serving.canary and v is not serving.shadow
                          and not v.held), key=lambda v: v.deactivated_at, reverse=True)
         budget = self._warm_versions - 1
         keep = set((kept + others)[:budget])
@@ -542,9 +381,9 @@ class ModelManager:
             return
         loaded = {n: v for n, v in serving.loaded.items() if v not in drop}
         previous = serving.previous if serving.previous in keep else None
-        entry.serving = ServingState(serving.active, previous, MappingProxyType(loaded))
+        entry.serving = serving.but(previous=previous, loaded=MappingProxyType(loaded))
         for version in drop:
-            await self._unload(version)
+            await self._loading.unload(version)
 
     async def unload(self, model: str, ref: str = "", *, actor: str, reason: str = "") -> None:
         """Unload one version (never the active one), or, with no `ref`, the whole
@@ -556,9 +395,9 @@ class ModelManager:
             serving = entry.serving
             if not ref:
                 entry.serving, entry.unloaded = ServingState.empty(), True
-                await self._commit(self.events.make(model, "unload", actor, reason))
+                await self._journal.commit(self.events.make(model, "unload", actor, reason))
                 await self._notify(entry)
-                await asyncio.gather(*(self._unload(v) for v in serving.loaded.values()))
+                await asyncio.gather(*(self._loading.unload(v) for v in serving.loaded.values()))
                 return
             if version is serving.active:
                 raise FailedPreconditionError(
@@ -566,18 +405,21 @@ class ModelManager:
                     " model")
             if serving.loaded.get(version.number) is version:
                 loaded = {n: v for n, v in serving.loaded.items() if v is not version}
-                previous = None if serving.previous is version else serving.previous
-                entry.serving = ServingState(serving.active, previous, MappingProxyType(loaded))
-            await self._commit(self.events.make(
+                entry.serving = serving.but(
+                    previous=None if serving.previous is version else serving.previous,
+                    canary=None if serving.canary is version else serving.canary,
+                    shadow=None if serving.shadow is version else serving.shadow,
+                    loaded=MappingProxyType(loaded))
+            await self._journal.commit(self.events.make(
                 model, "unload", actor, reason, from_version=version.number,
                 from_digest=version.digest))
-            await self._unload(version)
+            await self._loading.unload(version)
 
     async def set_pinned(self, model: str, pinned: bool, *, actor: str, reason: str = "") -> None:
         entry = self.entry(model)
         async with entry.lock:
             entry.pinned = pinned
-            await self._commit(self.events.make(model, "pin" if pinned else "unpin", actor,
+            await self._journal.commit(self.events.make(model, "pin" if pinned else "unpin", actor,
                                                 reason))
 
     # ---- for the repository watcher ----------------------------------------------
@@ -595,7 +437,7 @@ class ModelManager:
         entry = self._models.get(model)
         if entry is not None and number > entry.watermark:
             entry.watermark = number
-            await self._persist()
+            await self._journal.persist()
 
     async def forget(self, model: str, *, actor: str, reason: str) -> None:
         """Drop a model whose folder is gone: unload it (after draining), forget it."""
@@ -604,26 +446,14 @@ class ModelManager:
         async with entry.lock:
             if self._models.get(model) is entry and not (self._repository / model).is_dir():
                 del self._models[model]
-                await self._persist()
+                await self._journal.persist()
                 await self._notify(entry)
 
     async def note(self, model: str, action: str, *, actor: str, reason: str,
                    version: int = 0) -> None:
         """Record an event that changes nothing (a skip, a warning)."""
-        await self._record(self.events.make(model, action, actor, reason,
+        await self._journal.record(self.events.make(model, action, actor, reason,
                                             to_version=version))
-
-    async def _unload(self, version: ModelVersion) -> None:
-        if version.phase is not Phase.READY:
-            return
-        version.phase, version.held = Phase.UNLOADING, False
-        log.info("unloading", extra={"model": version.model, "version": version.number,
-                                     "inflight": version.inflight})
-        await version.drain()
-        if version.loaded is not None:
-            version.loaded.runner.close()
-        version.loaded, version.phase = None, Phase.UNLOADED
-        log.info("unloaded", extra={"model": version.model, "version": version.number})
 
     # ---- persistence and notification ----------------------------------------
 
@@ -641,27 +471,6 @@ class ModelManager:
             )
         return SavedState(models, dict(self.quarantine))
 
-    async def _persist(self) -> None:
-        if self._store is not None:
-            store, state = self._store, self._snapshot()
-            await asyncio.get_running_loop().run_in_executor(self._io_pool, store.save, state)
-
-    async def _commit(self, event: Event) -> None:
-        """Persist the serving state, then append the event; both fsynced."""
-        state = self._snapshot() if self._store is not None else None
-        await asyncio.get_running_loop().run_in_executor(self._io_pool, self._write, state, event)
-        self.events.publish(event)
-
-    async def _record(self, event: Event) -> None:
-        """Append an event that changes no persisted state."""
-        await asyncio.get_running_loop().run_in_executor(self._io_pool, self.events.write, event)
-        self.events.publish(event)
-
-    def _write(self, state: SavedState | None, event: Event) -> None:
-        if state is not None and self._store is not None:
-            self._store.save(state)
-        self.events.write(event)
-
     async def _notify(self, entry: ModelEntry) -> None:
         ready = entry.serving.active is not None
         for listener in self._listeners:
@@ -673,9 +482,9 @@ class ModelManager:
             async with entry.lock:
                 loaded = list(entry.serving.loaded.values())
                 entry.serving = ServingState.empty()
-            await asyncio.gather(*(self._unload(v) for v in loaded))
-        self._load_pool.shutdown(wait=False, cancel_futures=True)
-        self._io_pool.shutdown(wait=True)
+            await asyncio.gather(*(self._loading.unload(v) for v in loaded))
+        self._loading.close()
+        self._journal.close()
         self.events.close()
 
     def describe(self) -> dict[str, Any]:

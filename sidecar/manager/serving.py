@@ -7,7 +7,7 @@ from that snapshot to the end, so a swap can never mix versions in a request.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from sidecar.manager.version import ModelVersion
@@ -22,23 +22,28 @@ class ServingState:
     #: Every READY version a request may name explicitly (active and previous
     #: included), by number.
     loaded: Mapping[int, ModelVersion] = field(default_factory=lambda: _EMPTY)
+    #: A candidate taking `canary_weight` of the requests that name no version.
+    canary: ModelVersion | None = None
+    canary_weight: float = 0.0
+    #: A candidate that gets a copy of requests, off the request path.
+    shadow: ModelVersion | None = None
 
     def role(self, version: ModelVersion) -> str | None:
         if version is self.active:
             return "ACTIVE"
+        if version is self.canary:
+            return "CANARY"
+        if version is self.shadow:
+            return "SHADOW"
         if version is self.previous:
             return "PREVIOUS"
         if self.loaded.get(version.number) is version:
             return "WARM"
         return None
 
-    def with_active(self, version: ModelVersion, *, keep_previous: bool) -> ServingState:
-        """The state after `version` becomes active; the old active becomes previous."""
-        if version is self.active:
-            return self
-        previous = self.active if keep_previous else None
-        loaded = {v.number: v for v in (previous, version) if v is not None}
-        return ServingState(version, previous, MappingProxyType(loaded))
+    def but(self, **changes: object) -> ServingState:
+        """A copy with some fields changed (canary and shadow carried along)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
 
     @staticmethod
     def empty() -> ServingState:

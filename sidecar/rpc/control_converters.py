@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sidecar.handlers.control import ModelView, Ref, StatusView, VersionView
 from sidecar.loader.signature import TensorSpec
-from sidecar.manager.manager import SwapResult
+from sidecar.manager.entry import SwapResult
 from sidecar.manager.version import ModelVersion
 from sidecar.rpc.proto import control_pb2 as pb
 from sidecar.state.events import Event

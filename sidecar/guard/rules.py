@@ -1,0 +1,125 @@
+"""Guard settings and the pure rules that judge a version's window.
+
+Defaults, and why (see docs/guard.md for the comparison with Flagger, Argo
+Rollouts and Envoy's outlier detection):
+
+- window: the last 200 requests within 30 s. Enough samples for a ratio to
+  mean something, short enough to react in seconds at tens of requests/s.
+- min_requests 20: no data is not failure; below this nothing is judged
+  (Flagger's "no values found" skips an analysis too).
+- max_error_ratio 0.1: Argo/Flagger analyses commonly gate at 1-5 % against a
+  metric system's minute-long windows; a 200-request window is noisier, and a
+  rollback here is instant and reversible, so 10 % trips on a broken model
+  (the issue's case is >= 20 %) without tripping on a flaky one.
+- consecutive_failures 5: Envoy's consecutive_5xx default, the fast path for a
+  model that fails every request.
+- latency: p99 above 2x the previous version's p99 with 50+ samples on both
+  sides (a slower but correct model is a regression worth undoing at once).
+- probation 600 s: the guard watches a version this long after it became
+  active; after that it is trusted (the previous version may be stale by then).
+- cooldown 60 s: at most one automatic rollback per model per cooldown, so a
+  bad pair cannot flap (Envoy's base ejection time is 30 s and grows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from sidecar.guard.window import WindowStats
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    enabled: bool = True
+    window_requests: int = 200
+    window_s: float = 30.0
+    min_requests: int = 20
+    max_error_ratio: float = 0.1
+    consecutive_failures: int = 5
+    latency_factor: float = 2.0
+    latency_min_samples: int = 50
+    probation_s: float = 600.0
+    cooldown_s: float = 60.0
+    fail_on_nonfinite: bool = False
+    # canary: promoted after this many requests and seconds without a verdict
+    canary_promote_requests: int = 500
+    canary_promote_s: float = 60.0
+    # shadow: rejected above this disagreement ratio; promoted when agreeing
+    shadow_atol: float = 1e-4
+    shadow_rtol: float = 1e-3
+    shadow_max_disagreement: float = 0.05
+    shadow_min_requests: int = 50
+    shadow_promote: bool = False
+    shadow_queue: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def updated(self, changes: dict[str, Any]) -> GuardSettings:
+        """A copy with `changes` applied; unknown keys or bad values raise ValueError."""
+        known = {f.name: f for f in fields(self)}
+        typed: dict[str, Any] = {}
+        for key, value in changes.items():
+            f = known.get(key)
+            if f is None:
+                raise ValueError(f"unknown guard setting '{key}' (known: {', '.join(known)})")
+            typed[key] = _convert(key, f.type, value)
+        result = replace(self, **typed)
+        result.check()
+        return result
+
+    def check(self) -> None:
+        if not 0 < self.max_error_ratio <= 1 or not 0 < self.shadow_max_disagreement <= 1:
+            raise ValueError("ratios must be in (0, 1]")
+        if self.window_requests < 1 or self.min_requests < 1 or self.window_s <= 0:
+            raise ValueError("window sizes must be positive")
+        if self.latency_factor <= 1:
+            raise ValueError("latency_factor must be above 1")
+
+
+def _convert(key: str, kind: Any, value: Any) -> Any:
+    name = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if name == "bool":
+            if isinstance(value, str):
+                if value.lower() not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
+                    raise ValueError(value)
+                return value.lower() in {"true", "1", "yes", "on"}
+            return bool(value)
+        return {"int": int, "float": float}[name](value)
+    except (TypeError, ValueError):
+        raise ValueError(f"guard setting '{key}': {value!r} is not a {name}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    bad: bool
+    rule: str = ""  # error-ratio | consecutive-failures | latency
+    evidence: str = ""
+
+
+OK = Verdict(False)
+
+
+def judge(stats: WindowStats, settings: GuardSettings, *, p99_ns: float = 0.0,
+          samples: int = 0, baseline_p99_ns: float = 0.0, baseline_samples: int = 0
+          ) -> Verdict:
+    """Whether a version's window shows it failing or slow. Pure."""
+    if stats.consecutive_failures >= settings.consecutive_failures:
+        return Verdict(True, "consecutive-failures",
+                       f"{stats.consecutive_failures} consecutive failures"
+                       f" (limit {settings.consecutive_failures})")
+    if stats.requests >= settings.min_requests and stats.error_ratio > settings.max_error_ratio:
+        return Verdict(True, "error-ratio",
+                       f"{stats.failures} of {stats.requests} requests failed"
+                       f" ({stats.error_ratio:.1%} > {settings.max_error_ratio:.1%})"
+                       f" over {stats.span_s:.1f} s")
+    if (samples >= settings.latency_min_samples
+            and baseline_samples >= settings.latency_min_samples and baseline_p99_ns > 0
+            and p99_ns > settings.latency_factor * baseline_p99_ns):
+        return Verdict(True, "latency",
+                       f"p99 {p99_ns / 1e6:.2f} ms > {settings.latency_factor}x the previous"
+                       f" version's {baseline_p99_ns / 1e6:.2f} ms ({samples} and"
+                       f" {baseline_samples} samples)")
+    return OK

@@ -1,0 +1,128 @@
+"""Loading and unloading versions, off the request path.
+
+One load per version at a time (a second request for it awaits the first), in
+a thread pool of its own so loads never occupy inference threads. Unloading
+waits for the version to drain before its session is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sidecar.errors import ModelLoadError
+from sidecar.loader.onnx import FileIdentity, LoadedModel, SessionConfig, file_identity
+from sidecar.manager.version import ModelVersion, Phase, VersionStats
+
+log = logging.getLogger("sidecar.manager")
+
+Loader = Callable[[Path, SessionConfig], LoadedModel]
+#: Told (version, actor, reason) when a load fails.
+FailureHook = Callable[[ModelVersion, str, str], Awaitable[None]]
+
+
+class VersionLoading:
+    def __init__(self, config: SessionConfig, loader: Loader, threads: int, *,
+                 on_failure: FailureHook, quarantine: Mapping[str, str]) -> None:
+        self._config = config
+        self._loader = loader
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="load")
+        self._on_failure = on_failure
+        self._quarantine = quarantine
+        self._loading: dict[ModelVersion, asyncio.Future[bool]] = {}
+
+    async def identify(self, version: ModelVersion) -> FileIdentity | None:
+        """The file's identity (digest ...), recomputed only when its stat changed."""
+        try:
+            st = version.path.stat()
+        except OSError:
+            return version.identity if version.loaded else None
+        known = version.identity
+        if known and (known.size, known.mtime_ns, known.ctime_ns) == (
+                st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return known
+        loop = asyncio.get_running_loop()
+        try:
+            version.identity = await loop.run_in_executor(self._pool, file_identity,
+                                                          version.path)
+        except ModelLoadError:
+            return None
+        return version.identity
+
+    async def ensure(self, version: ModelVersion, actor: str) -> bool:
+        """Load and warm up a version unless it is READY; one load at a time per version."""
+        if version.phase is Phase.READY:
+            return True
+        pending = self._loading.get(version)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._loading[version] = future
+        try:
+            ok = await self._load(version, actor)
+            future.set_result(ok)
+            return ok
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            del self._loading[version]
+            if not future.cancelled() and future.exception() is not None:
+                future.exception()  # retrieved: no "never retrieved" warning
+
+    async def _load(self, version: ModelVersion, actor: str) -> bool:
+        version.phase, version.reason = Phase.LOADING, ""
+        log.info("loading", extra={"model": version.model, "version": version.number})
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = await loop.run_in_executor(self._pool, self._loader, version.path,
+                                                self._config)
+        except ModelLoadError as exc:
+            version.phase, version.reason = Phase.FAILED, str(exc)
+            await self._on_failure(version, actor, str(exc))
+            return False
+        version.loaded, version.identity = loaded, loaded.identity
+        version.loaded_at = time.time()
+        version.stats = VersionStats(mean_infer_ns=float(loaded.warmup_ns))
+        version.phase = Phase.READY
+        log.info("ready", extra={"model": version.model, "version": version.number,
+                                 "digest": loaded.identity.digest,
+                                 "load_ms": round(loaded.load_ns / 1e6, 1)})
+        return True
+
+    async def highest(self, versions: Mapping[int, ModelVersion], actor: str, *,
+                      below: int | None = None, skip: ModelVersion | None = None
+                      ) -> ModelVersion | None:
+        """The highest version that loads (skipping FAILED and quarantined ones)."""
+        for number in sorted(versions, reverse=True):
+            version = versions[number]
+            if (below is not None and number >= below) or version is skip:
+                continue
+            if version.phase is Phase.FAILED:
+                continue
+            identity = await self.identify(version)
+            if identity is not None and identity.digest in self._quarantine:
+                continue
+            if await self.ensure(version, actor):
+                return version
+        return None
+
+    async def unload(self, version: ModelVersion) -> None:
+        """Close a version that left the serving state, once it has drained."""
+        if version.phase is not Phase.READY:
+            return
+        version.phase, version.held = Phase.UNLOADING, False
+        log.info("unloading", extra={"model": version.model, "version": version.number,
+                                     "inflight": version.inflight})
+        await version.drain()
+        if version.loaded is not None:
+            version.loaded.runner.close()
+        version.loaded, version.phase = None, Phase.UNLOADED
+        log.info("unloaded", extra={"model": version.model, "version": version.number})
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
