@@ -260,7 +260,8 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]
             print(f"  {scenario.key} round {round_ + 1}/{args.rounds} {kind:<8}"
                   f" {figures.req_s:8.0f} req/s  p99 {figures.p99_ms:7.3f} ms"
                   f"  server {figures.server_cores:.2f} cores, client"
-                  f" {figures.client_cpu_us_per_req:.0f} us/req  errors {figures.errors}",
+                  f" {figures.client_cpu_us_per_req:.0f} us/req, busy"
+                  f" {figures.busy_cores:.2f}/{os.cpu_count()} cores  errors {figures.errors}",
                   flush=True)
     medians = [floor, *(report.median(runs[k]) for k in report.SERVERS)]
     ratios = report.ratios(runs["minimal"], runs["sidecar"])

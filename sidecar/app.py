@@ -13,8 +13,12 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+from sidecar.guard.guard import Guard
+from sidecar.guard.rules import GuardSettings
+from sidecar.guard.shadow import ShadowMirror
 from sidecar.handlers.control import ControlPlane
 from sidecar.handlers.dataplane import DataPlane
 from sidecar.loader.onnx import SessionConfig
@@ -23,6 +27,7 @@ from sidecar.manager.sync import RepositorySync
 from sidecar.rpc.auth import read_token, server_credentials
 from sidecar.rpc.server import build_control_server, build_inference_server
 from sidecar.settings import Settings
+from sidecar.source.policy import read_model_settings
 from sidecar.source.watcher import RepositoryWatcher
 from sidecar.state.events import EventLog
 from sidecar.state.store import StateStore
@@ -76,6 +81,13 @@ def _token(settings: Settings) -> str:
         raise ConfigError(f"control token: {exc}") from exc
 
 
+def _guard_file_settings(repository: Path, model: str) -> dict[str, Any]:
+    """The "guard" object of the model's sidecar.json ({} if none)."""
+    settings, _ = read_model_settings(repository / model)
+    section = settings.get("guard", {})
+    return section if isinstance(section, dict) else {}
+
+
 def _open_state(settings: Settings) -> tuple[StateStore, EventLog]:
     store, events = StateStore(settings.state_dir), EventLog(settings.state_dir)
     try:
@@ -124,9 +136,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         warm_versions=settings.warm_versions, load_threads=settings.load_threads,
     )
     pool = ThreadPoolExecutor(settings.effective_inference_threads, thread_name_prefix="infer")
+    repo = settings.model_repository
+    guard = Guard(manager, defaults=GuardSettings(enabled=settings.guard),
+                  settings_source=lambda model: _guard_file_settings(repo, model))
+    mirror = ShadowMirror(manager, guard, queue_size=GuardSettings().shadow_queue)
     plane = DataPlane(manager, pool, inline_max_us=settings.inline_max_us,
-                      strict_readiness=settings.strict_readiness)
-    control_plane = ControlPlane(manager, state_dir=settings.state_dir, ready=plane.ready)
+                      strict_readiness=settings.strict_readiness, guard=guard, mirror=mirror)
+    control_plane = ControlPlane(manager, state_dir=settings.state_dir, ready=plane.ready,
+                                 guard=guard, mirror=mirror)
     options = config.describe()
     inference = build_inference_server(
         plane, listen=settings.listen, max_message_bytes=settings.max_message_bytes,
@@ -161,6 +178,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.info("listening", extra={**addresses, "control_auth": bool(token),
                                      "state_dir": str(settings.state_dir)})
         await manager.start()
+        guard.start()
+        mirror.start()
         watching = _start_watcher(settings, manager)
         await set_server_health(plane.ready())
         served = sorted(e.name for e in manager.entries() if e.serving.active is not None)
@@ -175,6 +194,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         for listener in listeners:
             await listener.health.enter_graceful_shutdown()
         await asyncio.gather(*(lst.server.stop(settings.grace_s) for lst in listeners))
+        await mirror.close()
+        await guard.close()
         await manager.close()
         pool.shutdown(wait=True, cancel_futures=True)
         for sig in (signal.SIGTERM, signal.SIGINT):

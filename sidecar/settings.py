@@ -86,6 +86,11 @@ class Settings:
         " model's sidecar.json says otherwise: activate it, load it warm, or ignore it.",
         choices=("activate", "load", "ignore"),
     )
+    guard: bool = _setting(
+        True,
+        "Automatic rollback of a newly activated version whose error rate or latency"
+        " spikes, and canary/shadow verdicts (settings per model: docs/guard.md).",
+    )
     max_message_mb: int = _setting(
         256,
         "Largest gRPC message received or sent, in MiB (grpc's default is 4)."

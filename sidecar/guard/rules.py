@@ -13,8 +13,11 @@ Rollouts and Envoy's outlier detection):
   (the issue's case is >= 20 %) without tripping on a flaky one.
 - consecutive_failures 5: Envoy's consecutive_5xx default, the fast path for a
   model that fails every request.
-- latency: p99 above 2x the previous version's p99 with 50+ samples on both
-  sides (a slower but correct model is a regression worth undoing at once).
+- latency: p99 above 2x the previous version's p99 *and* at least 5 ms above
+  it, with 50+ samples on both sides (a slower but correct model is a
+  regression worth undoing at once). The absolute floor matters: at sub-
+  millisecond latencies, scheduling noise alone doubles a p99 (seen in this
+  project's own tests: 0.07 -> 0.18 ms with nothing wrong).
 - probation 600 s: the guard watches a version this long after it became
   active; after that it is trusted (the previous version may be stale by then).
 - cooldown 60 s: at most one automatic rollback per model per cooldown, so a
@@ -38,6 +41,7 @@ class GuardSettings:
     max_error_ratio: float = 0.1
     consecutive_failures: int = 5
     latency_factor: float = 2.0
+    latency_min_delta_ms: float = 5.0
     latency_min_samples: int = 50
     probation_s: float = 600.0
     cooldown_s: float = 60.0
@@ -76,6 +80,8 @@ class GuardSettings:
             raise ValueError("window sizes must be positive")
         if self.latency_factor <= 1:
             raise ValueError("latency_factor must be above 1")
+        if self.latency_min_delta_ms < 0:
+            raise ValueError("latency_min_delta_ms must not be negative")
 
 
 def _convert(key: str, kind: Any, value: Any) -> Any:
@@ -117,9 +123,11 @@ def judge(stats: WindowStats, settings: GuardSettings, *, p99_ns: float = 0.0,
                        f" over {stats.span_s:.1f} s")
     if (samples >= settings.latency_min_samples
             and baseline_samples >= settings.latency_min_samples and baseline_p99_ns > 0
-            and p99_ns > settings.latency_factor * baseline_p99_ns):
+            and p99_ns > settings.latency_factor * baseline_p99_ns
+            and p99_ns - baseline_p99_ns > settings.latency_min_delta_ms * 1e6):
         return Verdict(True, "latency",
                        f"p99 {p99_ns / 1e6:.2f} ms > {settings.latency_factor}x the previous"
-                       f" version's {baseline_p99_ns / 1e6:.2f} ms ({samples} and"
+                       f" version's {baseline_p99_ns / 1e6:.2f} ms and"
+                       f" {settings.latency_min_delta_ms:g}+ ms above it ({samples} and"
                        f" {baseline_samples} samples)")
     return OK

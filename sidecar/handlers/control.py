@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar import __version__
-from sidecar.errors import InvalidInputError, UnavailableError
+from sidecar.errors import FailedPreconditionError, InvalidInputError, UnavailableError
+from sidecar.guard.guard import Guard
+from sidecar.guard.rules import GuardSettings
+from sidecar.guard.shadow import ShadowMirror
 from sidecar.loader.signature import TensorSpec
 from sidecar.manager.entry import ModelEntry, SwapResult
 from sidecar.manager.manager import ModelManager
@@ -37,6 +40,26 @@ class ModelView:
     ready: bool
     loaded_versions: tuple[int, ...]
     versions_on_disk: int
+    canary: Ref | None = None
+    canary_weight: float = 0.0
+    shadow: Ref | None = None
+    guard_note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GuardView:
+    model: str
+    settings: dict[str, str]
+    overrides: dict[str, str]
+    state: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateView:
+    model: str
+    candidate: Ref
+    kind: str
+    figures: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +108,22 @@ def check_actor(actor: str, default: str) -> str:
 
 
 class ControlPlane:
-    def __init__(self, manager: ModelManager, *, state_dir: Path, ready: object) -> None:
+    def __init__(self, manager: ModelManager, *, state_dir: Path, ready: object,
+                 guard: Guard | None = None, mirror: ShadowMirror | None = None) -> None:
         self._manager = manager
+        self._guard = guard
+        self._mirror = mirror
         self._state_dir = state_dir
         self._ready = ready  # a callable answering server readiness
         self._started = time.time()
 
     def model_view(self, entry: ModelEntry) -> ModelView:
         serving = entry.serving
+        note = self._guard.model(entry.name).note if self._guard else ""
         return ModelView(entry.name, _ref(serving.active), _ref(serving.previous), entry.pinned,
                          serving.active is not None, tuple(sorted(serving.loaded)),
-                         len(entry.versions))
+                         len(entry.versions), _ref(serving.canary), serving.canary_weight,
+                         _ref(serving.shadow), note)
 
     def models(self) -> list[ModelView]:
         return [self.model_view(e) for e in self._manager.entries()]
@@ -158,6 +186,88 @@ class ControlPlane:
         await self._manager.set_pinned(model, pinned, actor=check_actor(actor, "rpc"),
                                        reason=reason)
         return pinned
+
+    # ---- guard, candidates, quarantine ---------------------------------------------
+
+    def _need_guard(self) -> Guard:
+        if self._guard is None:
+            raise FailedPreconditionError("the guard is off (--no-guard)")
+        return self._guard
+
+    def guard_view(self, model: str) -> GuardView:
+        guard = self._need_guard()
+        entry = self._manager.entry(model)
+        settings = guard.reload(model)
+        return GuardView(model, {k: str(v) for k, v in settings.to_dict().items()},
+                         dict(entry.guard), guard.status(model))
+
+    async def set_guard(self, model: str, changes: dict[str, str], *, reset: bool,
+                        actor: str) -> GuardView:
+        guard = self._need_guard()
+        entry = self._manager.entry(model)
+        merged = {} if reset else dict(entry.guard)
+        merged.update(changes)
+        try:
+            guard.settings_for(model).updated(merged)  # validate before keeping
+            self._defaults_check(merged)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from exc
+        entry.guard = merged
+        guard.reload(model)
+        await self._manager.journal.commit(self._manager.events.make(
+            model, "guard-settings", check_actor(actor, "rpc"),
+            details={k: str(v) for k, v in merged.items()}))
+        return self.guard_view(model)
+
+    @staticmethod
+    def _defaults_check(changes: dict[str, str]) -> None:
+        GuardSettings().updated(changes)
+
+    async def start_candidate(self, model: str, ref: str, *, kind: str, weight_percent: float,
+                              force: bool, actor: str, reason: str) -> CandidateView:
+        if not ref:
+            raise InvalidInputError(f"{kind} needs a version (number or digest prefix)")
+        version = await self._manager.candidates.start(
+            model, ref, kind=kind, weight=weight_percent / 100, force=force,
+            actor=check_actor(actor, "rpc"), reason=reason)
+        return CandidateView(model, Ref(version.number, version.digest), kind, {})
+
+    async def promote(self, model: str, *, actor: str, reason: str) -> SwapResult:
+        entry = self._manager.entry(model)
+        before = entry.serving.active
+        await self._manager.candidates.promote(model, actor=check_actor(actor, "rpc"),
+                                               reason=reason)
+        after = entry.serving.active
+        assert after is not None
+        return SwapResult(model, before, after, 0, 0)
+
+    async def abort(self, model: str, *, actor: str, reason: str) -> CandidateView:
+        serving = self._manager.entry(model).serving
+        kind = "canary" if serving.canary is not None else "shadow"
+        figures = self.shadow_figures(model)
+        version = await self._manager.candidates.abort(model, actor=check_actor(actor, "rpc"),
+                                                       reason=reason)
+        return CandidateView(model, Ref(version.number, version.digest), kind, figures)
+
+    def shadow_figures(self, model: str) -> dict[str, str]:
+        shadow = self._manager.entry(model).serving.shadow
+        if self._mirror is None or shadow is None:
+            return {}
+        counts = self._mirror.counts_for(model, shadow.number)
+        return {"compared": str(counts.compared), "disagreed": str(counts.disagreed),
+                "dropped": str(counts.dropped), "failed": str(counts.failed)}
+
+    async def quarantine(self, model: str, ref: str, *, actor: str, reason: str
+                         ) -> tuple[str, dict[str, str]]:
+        digest = await self._manager.candidates.quarantine(
+            model, ref, actor=check_actor(actor, "rpc"), reason=reason)
+        return digest, dict(self._manager.quarantine)
+
+    async def unquarantine(self, prefix: str, *, actor: str, reason: str
+                           ) -> tuple[str, dict[str, str]]:
+        digest = await self._manager.candidates.unquarantine(
+            prefix, actor=check_actor(actor, "rpc"), reason=reason)
+        return digest, dict(self._manager.quarantine)
 
     def events(self, *, after: int, limit: int, model: str) -> tuple[list[Event], int]:
         limit = min(limit or 100, MAX_PAGE)

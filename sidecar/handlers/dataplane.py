@@ -16,6 +16,8 @@ import numpy as np
 
 from sidecar import __version__
 from sidecar.errors import InvalidInputError, ModelExecutionError, NotFoundError
+from sidecar.guard.guard import Guard
+from sidecar.guard.shadow import ShadowMirror
 from sidecar.handlers.types import (
     IndexEntry,
     InferInput,
@@ -43,9 +45,13 @@ class DataPlane:
         *,
         inline_max_us: int = 1000,
         strict_readiness: bool = True,
+        guard: Guard | None = None,
+        mirror: ShadowMirror | None = None,
     ) -> None:
         self._manager = manager
         self._executor = executor
+        self._guard = guard
+        self._mirror = mirror
         self._inline_max_ns = inline_max_us * 1000
         self._strict = strict_readiness
         self.stopping = False
@@ -128,6 +134,13 @@ class DataPlane:
 
     # ---- inference -------------------------------------------------------------
 
+    def _failed(self, version: ModelVersion, start: int) -> None:
+        """A server-side failure: counted, and told to the guard."""
+        elapsed = time.perf_counter_ns() - start
+        version.stats.record_failure(elapsed)
+        if self._guard is not None:
+            self._guard.observe(version, False, elapsed)
+
     async def infer(self, request: InferRequest) -> InferResult:
         start = time.perf_counter_ns()
         version = self._manager.acquire(request.model, request.version)
@@ -146,11 +159,22 @@ class DataPlane:
                     loop = asyncio.get_running_loop()
                     arrays = await loop.run_in_executor(self._executor, runner.run, feeds, names)
             except ModelExecutionError as exc:
-                stats.record_failure(time.perf_counter_ns() - start)
+                self._failed(version, start)
                 raise ModelExecutionError(f"{version.label} failed: {exc}") from exc
+            guard = self._guard
+            if guard is not None and guard.nonfinite_check(version.model):
+                bad = _non_finite(names, arrays)
+                if bad:
+                    self._failed(version, start)
+                    raise ModelExecutionError(f"{version.label} produced non-finite values"
+                                              f" in output '{bad}'")
             end = time.perf_counter_ns()
             first = request.inputs[0].shape if request.inputs else ()
             stats.record_success(end - start, end - infer_start, first[0] if first else 1)
+            if guard is not None:
+                guard.observe(version, True, end - start)
+                if self._mirror is not None and not request.version:
+                    self._mirror.offer(version.model, feeds, names, arrays)
             output_specs = signature.output_by_name
             outputs = [
                 InferOutput(name, output_specs[name].datatype, array)
@@ -159,6 +183,14 @@ class DataPlane:
             return InferResult(request.model, str(version.number), request.id, outputs)
         finally:
             version.release()
+
+
+def _non_finite(names: list[str], arrays: list[np.ndarray]) -> str:
+    """The first output holding NaN or infinity, or ""."""
+    for name, array in zip(names, arrays, strict=True):
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            return name
+    return ""
 
 
 def _validated_feeds(

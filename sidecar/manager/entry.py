@@ -20,6 +20,8 @@ class ModelEntry:
     unloaded: bool = False
     #: The highest version number the watcher (or the first start) has handled.
     watermark: int = 0
+    #: Guard settings set by command (over the model's sidecar.json and defaults).
+    guard: dict[str, str] = field(default_factory=dict)
 
     def state_of(self, version: ModelVersion) -> str:
         """The state reported for a version: its role while READY, else its phase."""

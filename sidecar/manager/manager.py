@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from sidecar.errors import (
     UnavailableError,
 )
 from sidecar.loader.onnx import FileIdentity, SessionConfig, load
+from sidecar.manager.candidates import Candidates
 from sidecar.manager.compat import incompatibilities
 from sidecar.manager.entry import ModelEntry, SwapResult
 from sidecar.manager.journal import Journal
@@ -43,6 +45,9 @@ log = logging.getLogger("sidecar.manager")
 
 #: Told (model name, has a serving version) after every change of a model.
 ReadinessListener = Callable[[str, bool], Awaitable[None]]
+#: Told (entry, the version active before, actor) right after a change of what
+#: serves (activate, rollback, canary, shadow); must not await.
+SwapHook = Callable[[ModelEntry, "ModelVersion | None", str], None]
 
 #: Actors whose changes a pin blocks (a pinned model changes only by command).
 AUTOMATIC_ACTORS = frozenset({"watcher", "guard"})
@@ -72,7 +77,24 @@ class ModelManager:
         self._loading = VersionLoading(config, loader, load_threads,
                                        on_failure=self._load_failed, quarantine=self.quarantine)
         self._journal = Journal(store, self.events, self._snapshot)
+        self._swap_hooks: list[SwapHook] = []
+        self.candidates = Candidates(self)
         self.started = False
+
+    @property
+    def journal(self) -> Journal:
+        return self._journal
+
+    @property
+    def loading(self) -> VersionLoading:
+        return self._loading
+
+    def add_swap_hook(self, hook: SwapHook) -> None:
+        self._swap_hooks.append(hook)
+
+    def swapped(self, entry: ModelEntry, before: ModelVersion | None, actor: str) -> None:
+        for hook in self._swap_hooks:
+            hook(entry, before, actor)
 
     # ---- queries (request path) ----------------------------------------------
 
@@ -94,6 +116,8 @@ class ModelManager:
             chosen = serving.active
             if chosen is None:
                 raise UnavailableError(f"model '{model}' has no serving version")
+            if serving.canary is not None and random.random() < serving.canary_weight:
+                chosen = serving.canary
         chosen.inflight += 1
         return chosen
 
@@ -189,7 +213,7 @@ class ModelManager:
                 f"model '{entry.name}': expected active '{expected}', but the active"
                 f" version is {current}")
 
-    def _check_pin(self, entry: ModelEntry, actor: str) -> None:
+    def check_pin(self, entry: ModelEntry, actor: str) -> None:
         if entry.pinned and actor in AUTOMATIC_ACTORS:
             raise FailedPreconditionError(
                 f"model '{entry.name}' is pinned: only an explicit command changes it")
@@ -230,9 +254,10 @@ class ModelManager:
                 entry.versions[number] = ModelVersion(name, number, disk.path)
             saved_model = saved.models.get(name, SavedModel())
             entry.pinned, entry.watermark = saved_model.pinned, saved_model.watermark
+            entry.guard = dict(saved_model.guard)
             self._models[name] = entry
         restorer = Restorer(self._loading, self._journal, self.events,
-                            warm_versions=self._warm_versions, notify=self._notify)
+                            warm_versions=self._warm_versions, notify=self.notify)
         await asyncio.gather(*(restorer.restore(e, saved.models.get(e.name))
                                for e in self._models.values()))
         for entry in self._models.values():
@@ -263,7 +288,7 @@ class ModelManager:
             await self._journal.commit(self.events.make(
                 model, "load", actor, reason, to_version=version.number,
                 to_digest=version.digest))
-            await self._notify(entry)
+            await self.notify(entry)
         return version
 
     async def activate(
@@ -275,7 +300,7 @@ class ModelManager:
         active version stays warm as the previous one. `ref` "" = highest loadable."""
         start = time.perf_counter_ns()
         entry = self._entry_for(model)
-        self._check_pin(entry, actor)
+        self.check_pin(entry, actor)
         self._check_expected(entry, expected_active)
         if ref:
             version: ModelVersion | None = await self.resolve(entry, ref)
@@ -295,7 +320,7 @@ class ModelManager:
                 raise UnavailableError(f"no version of model '{model}' can be loaded")
         async with entry.lock:
             try:
-                self._check_pin(entry, actor)
+                self.check_pin(entry, actor)
                 self._check_expected(entry, expected_active)
                 if version.phase is not Phase.READY:
                     raise UnavailableError(f"{version.label} was unloaded meanwhile")
@@ -313,24 +338,26 @@ class ModelManager:
                 raise
             swap_ns = self._swap(entry, version, previous=old)
             entry.unloaded = False
+            self.swapped(entry, old, actor)
             await self._journal.commit(self.events.make(
                 model, "activate", actor, reason,
                 from_version=old.number if old else 0, from_digest=old.digest if old else "",
                 to_version=version.number, to_digest=version.digest,
                 details={"forced": "true"} if force else None))
             await self._evict(entry)
-            await self._notify(entry)
+            await self.notify(entry)
         return SwapResult(model, old, version, swap_ns, time.perf_counter_ns() - start)
 
     async def rollback(
         self, model: str, *, actor: str, expected_active: str = "", reason: str = "",
+        details: dict[str, str] | None = None,
     ) -> SwapResult:
         """Swap back to the previous version: a pointer swap, no load. The version
         rolled back from becomes the previous one (a second rollback undoes it)."""
         start = time.perf_counter_ns()
         entry = self.entry(model)
         async with entry.lock:
-            self._check_pin(entry, actor)
+            self.check_pin(entry, actor)
             self._check_expected(entry, expected_active)
             old, target = entry.serving.active, entry.serving.previous
             if old is None:
@@ -340,10 +367,13 @@ class ModelManager:
                 raise FailedPreconditionError(
                     f"model '{model}' has no warm previous version to roll back to{hint}")
             swap_ns = self._swap(entry, target, previous=old)
+            self.swapped(entry, old, actor)
             await self._journal.commit(self.events.make(
                 model, "rollback", actor, reason, from_version=old.number,
-                from_digest=old.digest, to_version=target.number, to_digest=target.digest))
-            await self._notify(entry)
+                from_digest=old.digest, to_version=target.number, to_digest=target.digest,
+                details=details))
+            await self.notify(entry)
+            await self._evict(entry)
         return SwapResult(model, old, target, swap_ns, time.perf_counter_ns() - start)
 
     def _swap(self, entry: ModelEntry, version: ModelVersion, *, previous: ModelVersion | None
@@ -396,7 +426,7 @@ class ModelManager:
             if not ref:
                 entry.serving, entry.unloaded = ServingState.empty(), True
                 await self._journal.commit(self.events.make(model, "unload", actor, reason))
-                await self._notify(entry)
+                await self.notify(entry)
                 await asyncio.gather(*(self._loading.unload(v) for v in serving.loaded.values()))
                 return
             if version is serving.active:
@@ -447,7 +477,7 @@ class ModelManager:
             if self._models.get(model) is entry and not (self._repository / model).is_dir():
                 del self._models[model]
                 await self._journal.persist()
-                await self._notify(entry)
+                await self.notify(entry)
 
     async def note(self, model: str, action: str, *, actor: str, reason: str,
                    version: int = 0) -> None:
@@ -461,17 +491,18 @@ class ModelManager:
         models: dict[str, SavedModel] = {}
         for entry in self._models.values():
             active, previous = entry.serving.active, entry.serving.previous
-            if active is None and not entry.unloaded and not entry.pinned:
+            if active is None and not entry.unloaded and not entry.pinned and not entry.guard:
                 continue  # never served: the next start tries again from scratch
             models[entry.name] = SavedModel(
                 VersionRef(active.number, active.digest) if active else None,
                 VersionRef(previous.number, previous.digest) if previous else None,
                 entry.pinned,
                 entry.watermark,
+                dict(entry.guard),
             )
         return SavedState(models, dict(self.quarantine))
 
-    async def _notify(self, entry: ModelEntry) -> None:
+    async def notify(self, entry: ModelEntry) -> None:
         ready = entry.serving.active is not None
         for listener in self._listeners:
             await listener(entry.name, ready)

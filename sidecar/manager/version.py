@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.guard.window import OutcomeWindow
 from sidecar.loader.onnx import FileIdentity, LoadedModel
 from sidecar.manager.latency import LatencyHistogram
 
@@ -91,6 +92,8 @@ class ModelVersion:
     held: bool = False
     inflight: int = 0
     stats: VersionStats = field(default_factory=VersionStats)
+    #: The guard's sliding window of this version's outcomes (None: not watched).
+    window: OutcomeWindow | None = None
     _drained: asyncio.Event | None = None
 
     @property

@@ -77,6 +77,55 @@ class ControlServicer(pb_grpc.ModelControlServicer):
                                             model=request.model)
         return pb.ListEventsResponse(events=[conv.event(e) for e in events], last_seq=last)
 
+    @guarded
+    async def GetGuard(self, request: Any, context: Context) -> pb.GuardResponse:
+        return conv.guard(self._control.guard_view(request.model))
+
+    @guarded
+    async def SetGuard(self, request: Any, context: Context) -> pb.GuardResponse:
+        view = await self._control.set_guard(request.model, dict(request.settings),
+                                             reset=request.reset, actor=request.actor)
+        return conv.guard(view)
+
+    @guarded
+    async def Canary(self, request: Any, context: Context) -> pb.CandidateResponse:
+        view = await self._control.start_candidate(
+            request.model, request.version, kind="canary",
+            weight_percent=request.weight_percent, force=request.force, actor=request.actor,
+            reason=request.reason)
+        return conv.candidate(view)
+
+    @guarded
+    async def Shadow(self, request: Any, context: Context) -> pb.CandidateResponse:
+        view = await self._control.start_candidate(
+            request.model, request.version, kind="shadow", weight_percent=0.0,
+            force=request.force, actor=request.actor, reason=request.reason)
+        return conv.candidate(view)
+
+    @guarded
+    async def Promote(self, request: Any, context: Context) -> pb.SwapResponse:
+        result = await self._control.promote(request.model, actor=request.actor,
+                                             reason=request.reason)
+        return conv.swap(result)
+
+    @guarded
+    async def Abort(self, request: Any, context: Context) -> pb.CandidateResponse:
+        view = await self._control.abort(request.model, actor=request.actor,
+                                         reason=request.reason)
+        return conv.candidate(view)
+
+    @guarded
+    async def Quarantine(self, request: Any, context: Context) -> pb.QuarantineResponse:
+        digest, table = await self._control.quarantine(
+            request.model, request.version, actor=request.actor, reason=request.reason)
+        return pb.QuarantineResponse(digest=digest, quarantine=table)
+
+    @guarded
+    async def Unquarantine(self, request: Any, context: Context) -> pb.QuarantineResponse:
+        digest, table = await self._control.unquarantine(
+            request.version, actor=request.actor, reason=request.reason)
+        return pb.QuarantineResponse(digest=digest, quarantine=table)
+
     async def WatchEvents(self, request: Any, context: Context) -> AsyncIterator[pb.Event]:
         try:
             async for event in self._control.watch(after=request.after_seq,

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from sidecar.handlers.control import ModelView, Ref, StatusView, VersionView
+from sidecar.handlers.control import (
+    CandidateView,
+    GuardView,
+    ModelView,
+    Ref,
+    StatusView,
+    VersionView,
+)
 from sidecar.loader.signature import TensorSpec
 from sidecar.manager.entry import SwapResult
 from sidecar.manager.version import ModelVersion
@@ -28,8 +35,20 @@ def model_info(view: ModelView) -> pb.ModelInfo:
     return pb.ModelInfo(
         name=view.name, active=_ref(view.active), previous=_ref(view.previous),
         pinned=view.pinned, ready=view.ready, loaded_versions=view.loaded_versions,
-        versions_on_disk=view.versions_on_disk,
+        versions_on_disk=view.versions_on_disk, canary=_ref(view.canary),
+        canary_weight_percent=view.canary_weight * 100, shadow=_ref(view.shadow),
+        guard_note=view.guard_note,
     )
+
+
+def guard(view: GuardView) -> pb.GuardResponse:
+    return pb.GuardResponse(model=view.model, settings=view.settings,
+                            overrides=view.overrides, state=view.state)
+
+
+def candidate(view: CandidateView) -> pb.CandidateResponse:
+    return pb.CandidateResponse(model=view.model, candidate=_ref(view.candidate),
+                                kind=view.kind, figures=view.figures)
 
 
 def status(view: StatusView) -> pb.StatusResponse:

@@ -41,6 +41,8 @@ class SavedModel:
     pinned: bool = False
     #: The highest version the watcher has handled: only higher ones are new.
     watermark: int = 0
+    #: Guard settings set by command, as strings (see sidecar.guard.rules).
+    guard: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class SavedState:
                 VersionRef.from_json(m.get("previous")),
                 bool(m.get("pinned", False)),
                 int(m.get("watermark", 0)),
+                {str(k): str(v) for k, v in m.get("guard", {}).items()},
             )
             for name, m in data.get("models", {}).items()
         }

@@ -75,7 +75,7 @@ class VersionInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., number: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., loaded_at: _Optional[float] = ..., activated_at: _Optional[float] = ..., path: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., counters: _Optional[_Union[VersionCounters, _Mapping]] = ..., quarantined: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "active", "previous", "pinned", "ready", "loaded_versions", "versions_on_disk")
+    __slots__ = ("name", "active", "previous", "pinned", "ready", "loaded_versions", "versions_on_disk", "canary", "canary_weight_percent", "shadow", "guard_note")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,10 @@ class ModelInfo(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     LOADED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_ON_DISK_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    CANARY_WEIGHT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    GUARD_NOTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     active: VersionRef
     previous: VersionRef
@@ -90,7 +94,11 @@ class ModelInfo(_message.Message):
     ready: bool
     loaded_versions: _containers.RepeatedScalarFieldContainer[int]
     versions_on_disk: int
-    def __init__(self, name: _Optional[str] = ..., active: _Optional[_Union[VersionRef, _Mapping]] = ..., previous: _Optional[_Union[VersionRef, _Mapping]] = ..., pinned: _Optional[bool] = ..., ready: _Optional[bool] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., versions_on_disk: _Optional[int] = ...) -> None: ...
+    canary: VersionRef
+    canary_weight_percent: float
+    shadow: VersionRef
+    guard_note: str
+    def __init__(self, name: _Optional[str] = ..., active: _Optional[_Union[VersionRef, _Mapping]] = ..., previous: _Optional[_Union[VersionRef, _Mapping]] = ..., pinned: _Optional[bool] = ..., ready: _Optional[bool] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., versions_on_disk: _Optional[int] = ..., canary: _Optional[_Union[VersionRef, _Mapping]] = ..., canary_weight_percent: _Optional[float] = ..., shadow: _Optional[_Union[VersionRef, _Mapping]] = ..., guard_note: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -280,3 +288,147 @@ class WatchEventsRequest(_message.Message):
     after_seq: int
     model: str
     def __init__(self, after_seq: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
+
+class GetGuardRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class SetGuardRequest(_message.Message):
+    __slots__ = ("model", "settings", "reset", "actor")
+    class SettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    settings: _containers.ScalarMap[str, str]
+    reset: bool
+    actor: str
+    def __init__(self, model: _Optional[str] = ..., settings: _Optional[_Mapping[str, str]] = ..., reset: _Optional[bool] = ..., actor: _Optional[str] = ...) -> None: ...
+
+class GuardResponse(_message.Message):
+    __slots__ = ("model", "settings", "overrides", "state")
+    class SettingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class OverridesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class StateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    settings: _containers.ScalarMap[str, str]
+    overrides: _containers.ScalarMap[str, str]
+    state: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., settings: _Optional[_Mapping[str, str]] = ..., overrides: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CanaryRequest(_message.Message):
+    __slots__ = ("model", "version", "weight_percent", "force", "actor", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    weight_percent: float
+    force: bool
+    actor: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., weight_percent: _Optional[float] = ..., force: _Optional[bool] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ShadowRequest(_message.Message):
+    __slots__ = ("model", "version", "force", "actor", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    force: bool
+    actor: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., force: _Optional[bool] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CandidateCommand(_message.Message):
+    __slots__ = ("model", "actor", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    actor: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CandidateResponse(_message.Message):
+    __slots__ = ("model", "candidate", "kind", "figures")
+    class FiguresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    candidate: VersionRef
+    kind: str
+    figures: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[str] = ..., candidate: _Optional[_Union[VersionRef, _Mapping]] = ..., kind: _Optional[str] = ..., figures: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class QuarantineRequest(_message.Message):
+    __slots__ = ("model", "version", "actor", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    actor: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class QuarantineResponse(_message.Message):
+    __slots__ = ("digest", "quarantine")
+    class QuarantineEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    quarantine: _containers.ScalarMap[str, str]
+    def __init__(self, digest: _Optional[str] = ..., quarantine: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -89,6 +89,46 @@ class ModelControlStub:
                 request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.Event.FromString,
                 _registered_method=True)
+        self.GetGuard = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/GetGuard',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.GetGuardRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.GuardResponse.FromString,
+                _registered_method=True)
+        self.SetGuard = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/SetGuard',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.SetGuardRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.GuardResponse.FromString,
+                _registered_method=True)
+        self.Canary = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Canary',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CanaryRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateResponse.FromString,
+                _registered_method=True)
+        self.Shadow = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Shadow',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.ShadowRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateResponse.FromString,
+                _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Promote',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateCommand.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.SwapResponse.FromString,
+                _registered_method=True)
+        self.Abort = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Abort',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateCommand.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateResponse.FromString,
+                _registered_method=True)
+        self.Quarantine = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Quarantine',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineResponse.FromString,
+                _registered_method=True)
+        self.Unquarantine = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Unquarantine',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineResponse.FromString,
+                _registered_method=True)
 
 
 class ModelControlServicer:
@@ -169,6 +209,59 @@ class ModelControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGuard(self, request, context):
+        """The guard's settings and state for a model; change settings (persisted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetGuard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Canary(self, request, context):
+        """Send a fraction of the requests that name no version to a candidate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Shadow(self, request, context):
+        """Mirror requests to a candidate, off the request path, and compare answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Promote(self, request, context):
+        """Make the canary or shadow the active version; or end it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Abort(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Quarantine(self, request, context):
+        """Digests the watcher and the guard never activate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unquarantine(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +319,46 @@ def add_ModelControlServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.WatchEventsRequest.FromString,
                     response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.Event.SerializeToString,
+            ),
+            'GetGuard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGuard,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.GetGuardRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.GuardResponse.SerializeToString,
+            ),
+            'SetGuard': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGuard,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.SetGuardRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.GuardResponse.SerializeToString,
+            ),
+            'Canary': grpc.unary_unary_rpc_method_handler(
+                    servicer.Canary,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CanaryRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateResponse.SerializeToString,
+            ),
+            'Shadow': grpc.unary_unary_rpc_method_handler(
+                    servicer.Shadow,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.ShadowRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateResponse.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateCommand.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.SwapResponse.SerializeToString,
+            ),
+            'Abort': grpc.unary_unary_rpc_method_handler(
+                    servicer.Abort,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateCommand.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateResponse.SerializeToString,
+            ),
+            'Quarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.Quarantine,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineResponse.SerializeToString,
+            ),
+            'Unquarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unquarantine,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -525,6 +658,222 @@ class ModelControl:
             '/sidecar.control.v1.ModelControl/WatchEvents',
             sidecar_dot_rpc_dot_proto_dot_control__pb2.WatchEventsRequest.SerializeToString,
             sidecar_dot_rpc_dot_proto_dot_control__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGuard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/GetGuard',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.GetGuardRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.GuardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGuard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/SetGuard',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.SetGuardRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.GuardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Canary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Canary',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.CanaryRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Shadow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Shadow',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.ShadowRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Promote',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateCommand.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.SwapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Abort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Abort',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateCommand.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.CandidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Quarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Quarantine',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unquarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Unquarantine',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineResponse.FromString,
             options,
             channel_credentials,
             insecure,

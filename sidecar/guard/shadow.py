@@ -1,0 +1,154 @@
+"""Shadow traffic: copies of requests run on a candidate, off the request path.
+
+The request path only offers a copy (`offer`, never awaits): when the bounded
+queue is full the copy is dropped and counted. One worker runs the candidate
+in a thread of its own, compares its outputs with what the active version
+answered, and records agreement in the candidate's window. Too much
+disagreement rejects the candidate (abort, quarantine, event with the figures);
+agreement over a span promotes it if the model's settings say so.
+
+Two answers agree when, output by output, they have the same shape and are
+within atol/rtol, or, for classifier-like outputs (floating point, last axis
+longer than 1), pick the same top-1 class in every row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sidecar.errors import ModelExecutionError, SidecarError
+from sidecar.guard.guard import ACTOR, Guard
+from sidecar.manager.manager import ModelManager
+from sidecar.manager.version import ModelVersion, Phase
+
+log = logging.getLogger("sidecar.shadow")
+
+
+def agree(primary: Sequence[np.ndarray], candidate: Sequence[np.ndarray], *, atol: float,
+          rtol: float) -> bool:
+    if len(primary) != len(candidate):
+        return False
+    for a, b in zip(primary, candidate, strict=True):
+        if a.shape != b.shape:
+            return False
+        if a.dtype.kind not in "fc":
+            if not np.array_equal(a, b):
+                return False
+            continue
+        if np.allclose(a, b, atol=atol, rtol=rtol, equal_nan=True):
+            continue
+        classifier = a.ndim >= 1 and a.shape[-1] > 1
+        if not classifier or not np.array_equal(a.argmax(axis=-1), b.argmax(axis=-1)):
+            return False
+    return True
+
+
+@dataclass(slots=True)
+class ShadowCounts:
+    version: int = 0
+    compared: int = 0
+    disagreed: int = 0
+    dropped: int = 0
+    failed: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+
+_Copy = tuple[ModelVersion, Mapping[str, np.ndarray], list[str], list[np.ndarray]]
+
+
+class ShadowMirror:
+    def __init__(self, manager: ModelManager, guard: Guard, *, queue_size: int = 64) -> None:
+        self._manager = manager
+        self._guard = guard
+        self._queue: asyncio.Queue[_Copy] = asyncio.Queue(maxsize=queue_size)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+        self.counts: dict[str, ShadowCounts] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def counts_for(self, model: str, version: int) -> ShadowCounts:
+        """The counts of the model's current shadow (fresh for a new shadow)."""
+        counts = self.counts.get(model)
+        if counts is None or counts.version != version:
+            counts = self.counts[model] = ShadowCounts(version)
+        return counts
+
+    def offer(self, model: str, feeds: Mapping[str, np.ndarray], names: list[str],
+              outputs: list[np.ndarray]) -> None:
+        """Queue a copy for the model's shadow, if it has one; never waits."""
+        shadow = self._manager.entry(model).serving.shadow
+        if shadow is None:
+            return
+        try:
+            self._queue.put_nowait((shadow, feeds, names, outputs))
+        except asyncio.QueueFull:
+            self.counts_for(model, shadow.number).dropped += 1
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._work(), name="shadow")
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            shadow, feeds, names, outputs = await self._queue.get()
+            if shadow.phase is not Phase.READY or shadow.loaded is None:
+                continue  # aborted or promoted meanwhile
+            counts = self.counts_for(shadow.model, shadow.number)
+            shadow.inflight += 1  # so an abort drains before closing it
+            start = time.perf_counter_ns()
+            try:
+                answer = await loop.run_in_executor(self._pool, shadow.loaded.runner.run,
+                                                    feeds, names)
+                settings = self._guard.model(shadow.model).settings
+                same = agree(outputs, answer, atol=settings.shadow_atol,
+                             rtol=settings.shadow_rtol)
+            except ModelExecutionError:
+                counts.failed += 1
+                same = False
+            finally:
+                shadow.release()
+            counts.compared += 1
+            counts.disagreed += 0 if same else 1
+            if shadow.window is not None:
+                shadow.window.record(time.monotonic(), same, time.perf_counter_ns() - start)
+            try:
+                await self._judge(shadow, counts)
+            except SidecarError as exc:
+                log.warning("shadow verdict not applied", extra={"reason": str(exc)})
+
+    async def _judge(self, shadow: ModelVersion, counts: ShadowCounts) -> None:
+        window, m = shadow.window, self._manager
+        if window is None or m.entry(shadow.model).serving.shadow is not shadow:
+            return
+        settings = self._guard.model(shadow.model).settings
+        stats = window.stats(time.monotonic())
+        figures = {"compared": str(counts.compared), "disagreed": str(counts.disagreed),
+                   "dropped": str(counts.dropped), "window_requests": str(stats.requests),
+                   "disagreement": f"{stats.error_ratio:.3f}",
+                   "max_disagreement": str(settings.shadow_max_disagreement)}
+        if (stats.requests >= settings.shadow_min_requests
+                and stats.error_ratio > settings.shadow_max_disagreement):
+            reason = (f"shadow disagrees on {stats.failures} of {stats.requests} requests"
+                      f" ({stats.error_ratio:.1%} > {settings.shadow_max_disagreement:.1%})")
+            shadow.window = None  # one verdict
+            await m.candidates.abort(shadow.model, actor=ACTOR, reason=reason, details=figures)
+            await m.candidates.quarantine(shadow.model, shadow.digest, actor=ACTOR,
+                                          reason=reason)
+        elif (settings.shadow_promote and window.total >= settings.canary_promote_requests
+              and time.monotonic() - counts.since >= settings.canary_promote_s):
+            shadow.window = None
+            await m.candidates.promote(shadow.model, actor=ACTOR,
+                                       reason=f"shadow agrees: {figures['disagreement']}"
+                                       " disagreement")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
