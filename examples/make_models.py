@@ -196,6 +196,49 @@ def slow_model(version: int, layers: int = 64, width: int = 256) -> onnx.ModelPr
     return _finish(graph)
 
 
+def buggy_model(version: int) -> onnx.ModelProto:
+    """tiny's signature and weights, but it fails at run time for every request that
+    has a row with x[:, 0] > 0: a GatherElements index, 1000 for those rows, is out
+    of range. Warm-up (zeros) passes, so it loads and activates like a good model:
+    the bug a guard must catch. Rows with x[:, 0] <= 0 get tiny's exact answer."""
+    w, b = tiny_weights(version)
+    inits = [
+        _init("W", w), _init("B", b),
+        _init("first", np.array([0], dtype=np.int64)),
+        _init("zero", np.array(0.0, dtype=np.float32)),
+        _init("far", np.array(1000, dtype=np.int64)),
+        _init("nothing", np.array(0.0, dtype=np.float32)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["INPUT0", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "B"], ["good"]),
+        helper.make_node("Gather", ["INPUT0", "first"], ["x0"], axis=1),  # [batch, 1]
+        helper.make_node("Greater", ["x0", "zero"], ["positive"]),
+        helper.make_node("Cast", ["positive"], ["flag"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["flag", "far"], ["index"]),
+        helper.make_node("GatherElements", ["INPUT0", "index"], ["picked"], axis=1),
+        helper.make_node("Mul", ["picked", "nothing"], ["naught"]),
+        helper.make_node("Add", ["good", "naught"], ["OUTPUT0"]),
+    ]
+    graph = helper.make_graph(nodes, f"buggy_v{version}", [_fp32_io("INPUT0", TINY_IN)],
+                              [_fp32_io("OUTPUT0", TINY_OUT)], inits)
+    return _finish(graph)
+
+
+def drifted_model(version: int, drift: float = 0.5) -> onnx.ModelProto:
+    """tiny's signature with tiny(version)'s weights moved by seeded noise of scale
+    `drift`: it runs fine, but its answers disagree with the good version's."""
+    w, b = tiny_weights(version)
+    rng = np.random.default_rng(3000 + version)
+    w = (w + drift * rng.standard_normal(w.shape)).astype(np.float32)
+    node_mm = helper.make_node("MatMul", ["INPUT0", "W"], ["xw"])
+    node_add = helper.make_node("Add", ["xw", "B"], ["OUTPUT0"])
+    graph = helper.make_graph([node_mm, node_add], f"drifted_v{version}",
+                              [_fp32_io("INPUT0", TINY_IN)], [_fp32_io("OUTPUT0", TINY_OUT)],
+                              [_init("W", w), _init("B", b)])
+    return _finish(graph)
+
+
 def large_model(version: int, megabytes: int = 100) -> onnx.ModelProto:
     """A model of about ``megabytes`` MB with tiny's signature (FP32 [batch, 4] ->
     [batch, 3]), for memory benchmarks: one square hidden weight holds the bytes.

@@ -86,6 +86,35 @@ def add_parser(sub: Any) -> None:
         p = commands.add_parser(name, help=text)
         p.add_argument("model")
         p.add_argument("--reason", default="")
+    p = commands.add_parser("guard", help="show or change a model's guard settings")
+    p.add_argument("model")
+    p.add_argument("set", nargs="*", metavar="KEY=VALUE",
+                   help="settings to change (docs/guard.md), e.g. max_error_ratio=0.05")
+    p.add_argument("--reset", action="store_true", help="drop settings set by command first")
+    p = commands.add_parser("canary", help="send a share of requests to a candidate")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.add_argument("--weight", type=float, required=True,
+                   help="percent of the requests naming no version (0-100, exclusive)")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--reason", default="")
+    p = commands.add_parser("shadow", help="mirror requests to a candidate and compare")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--reason", default="")
+    for name, text in (("promote", "make the canary or shadow active"),
+                       ("abort", "end the canary or shadow")):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("model")
+        p.add_argument("--reason", default="")
+    p = commands.add_parser("quarantine", help="never let the watcher or guard activate it")
+    p.add_argument("model")
+    p.add_argument("version", help="version number or digest prefix")
+    p.add_argument("--reason", default="")
+    p = commands.add_parser("unquarantine", help="allow a quarantined digest again")
+    p.add_argument("digest", help="digest prefix (12+ hex)")
+    p.add_argument("--reason", default="")
     p = commands.add_parser("events", help="the event history; --follow for new events")
     p.add_argument("--model", default="")
     p.add_argument("--after", type=int, default=0, help="only events after this seq")
@@ -131,12 +160,21 @@ def _table(rows: list[list[str]]) -> str:
                      for row in rows)
 
 
+def _candidate(m: pb.ModelInfo) -> str:
+    if m.canary.number:
+        return f"canary {m.canary.number} ({m.canary_weight_percent:g}%)"
+    return f"shadow {m.shadow.number}" if m.shadow.number else "-"
+
+
 def _models_table(models: Sequence[pb.ModelInfo]) -> str:
-    rows = [["MODEL", "ACTIVE", "PREVIOUS", "PINNED", "READY", "LOADED", "ON DISK"]]
-    rows += [[m.name, _ref(m.active), _ref(m.previous), "yes" if m.pinned else "no",
-              "yes" if m.ready else "no", ",".join(map(str, m.loaded_versions)) or "-",
-              str(m.versions_on_disk)] for m in models]
-    return _table(rows)
+    rows = [["MODEL", "ACTIVE", "PREVIOUS", "CANDIDATE", "PINNED", "READY", "LOADED",
+             "ON DISK"]]
+    rows += [[m.name, _ref(m.active), _ref(m.previous), _candidate(m),
+              "yes" if m.pinned else "no", "yes" if m.ready else "no",
+              ",".join(map(str, m.loaded_versions)) or "-", str(m.versions_on_disk)]
+             for m in models]
+    notes = [f"{m.name}: guard: {m.guard_note}" for m in models if m.guard_note]
+    return "\n".join([_table(rows), *notes])
 
 
 def _versions_table(versions: Sequence[pb.VersionInfo]) -> str:
@@ -157,6 +195,18 @@ def _event_line(e: pb.Event) -> str:
         change = f" {_ref(e.from_version)} -> {_ref(e.to_version)}"
     reason = f": {e.reason}" if e.reason else ""
     return f"#{e.seq} {_when(e.time)} {e.model} {e.action}{change} by {e.actor}{reason}"
+
+
+def _guard_text(r: pb.GuardResponse) -> str:
+    lines = [f"{r.model}: guard"]
+    lines += [f"  {k} = {v}" + ("  (set by command)" if k in r.overrides else "")
+              for k, v in sorted(r.settings.items())]
+    lines += [f"  state {k}: {v}" for k, v in sorted(r.state.items()) if v]
+    return "\n".join(lines)
+
+
+class UsageError(Exception):
+    """A command line that parses but cannot be sent."""
 
 
 def _swap_line(r: pb.SwapResponse) -> str:
@@ -216,6 +266,48 @@ def _run(args: argparse.Namespace, stub: pb_grpc.ModelControlStub, call: Caller)
         r = call(method, pb.PinRequest(model=args.model, actor=args.actor, reason=args.reason))
         out(json.dumps({"model": args.model, "pinned": r.pinned}) if args.json else
             f"{args.model}: {'pinned' if r.pinned else 'unpinned'}")
+    elif command == "guard":
+        changes = dict(item.split("=", 1) for item in args.set if "=" in item)
+        bad = [item for item in args.set if "=" not in item]
+        if bad:
+            raise UsageError(f"expected KEY=VALUE, got {' '.join(bad)}")
+        if changes or args.reset:
+            r = call(stub.SetGuard, pb.SetGuardRequest(model=args.model, settings=changes,
+                                                       reset=args.reset, actor=args.actor))
+        else:
+            r = call(stub.GetGuard, pb.GetGuardRequest(model=args.model))
+        out(json.dumps(_dict(r)) if args.json else _guard_text(r))
+    elif command in {"canary", "shadow"}:
+        if command == "canary":
+            r = call(stub.Canary, pb.CanaryRequest(
+                model=args.model, version=args.version, weight_percent=args.weight,
+                force=args.force, actor=args.actor, reason=args.reason))
+        else:
+            r = call(stub.Shadow, pb.ShadowRequest(model=args.model, version=args.version,
+                                                   force=args.force, actor=args.actor,
+                                                   reason=args.reason))
+        out(json.dumps(_dict(r)) if args.json else
+            f"{r.model}: {r.kind} {_ref(r.candidate)}")
+    elif command == "promote":
+        r = call(stub.Promote, pb.CandidateCommand(model=args.model, actor=args.actor,
+                                                   reason=args.reason))
+        out(json.dumps(_dict(r)) if args.json else _swap_line(r))
+    elif command == "abort":
+        r = call(stub.Abort, pb.CandidateCommand(model=args.model, actor=args.actor,
+                                                 reason=args.reason))
+        figures = " ".join(f"{k}={v}" for k, v in sorted(r.figures.items()))
+        out(json.dumps(_dict(r)) if args.json else
+            f"{r.model}: {r.kind} {_ref(r.candidate)} ended {figures}".rstrip())
+    elif command in {"quarantine", "unquarantine"}:
+        if command == "quarantine":
+            r = call(stub.Quarantine, pb.QuarantineRequest(
+                model=args.model, version=args.version, actor=args.actor, reason=args.reason))
+        else:
+            r = call(stub.Unquarantine, pb.QuarantineRequest(
+                version=args.digest, actor=args.actor, reason=args.reason))
+        out(json.dumps(_dict(r)) if args.json else
+            f"{command}d {r.digest[:12]}; quarantined now: "
+            + (", ".join(d[:12] for d in sorted(r.quarantine)) or "none"))
     elif command == "events":
         if args.follow:
             stream = stub.WatchEvents(pb.WatchEventsRequest(after_seq=args.after,
@@ -247,6 +339,8 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"{code.name}: {exc.details()}", EXIT_CODES.get(code, 1))
     except OSError as exc:
         return _fail(f"cannot read TLS file: {exc.strerror}: {exc.filename}", 2)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
     except KeyboardInterrupt:
         return 0
     return 0

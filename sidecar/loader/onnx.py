@@ -188,7 +188,9 @@ def load(path: Path, config: SessionConfig) -> LoadedModel:
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
     options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization]
-    options.log_severity_level = 3  # errors only: failures are reported by us
+    # Fatal only: a failing model would print an error per request; the sidecar
+    # counts failures itself and answers each with its reason.
+    options.log_severity_level = 4
     try:
         session = ort.InferenceSession(str(path), options, providers=list(config.providers))
     except Exception as exc:
