@@ -1,4 +1,4 @@
-"""The `sidecar` command: `sidecar serve` and `sidecar ctl ...`.
+"""The `sidecar` command: `sidecar serve`, `sidecar ctl ...`, `sidecar probe`.
 
 Every field of `Settings` is a flag of `serve` and a `SIDECAR_*` variable.
 Exit codes: 0 clean stop; 1 runtime failure (e.g. the port is in use);
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sidecar import __version__, ctl
+from sidecar import __version__, ctl, probe
 from sidecar.settings import Settings, env_name, flag_name, parse_bool, setting_fields
 
 
@@ -74,6 +74,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     _add_setting_flags(serve)
     ctl.add_parser(sub)
+    probe.add_parser(sub)
     return parser, serve
 
 
@@ -89,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings_from(args, serve_parser))
     if args.command == "ctl":
         return ctl.main(args)
+    if args.command == "probe":
+        return probe.main(args)
     return _fail(f"unknown command {args.command}", 2)
 
 

@@ -37,6 +37,13 @@ class Settings:
         "HOST:PORT of the control gRPC server (sidecar.control.v1.ModelControl and"
         " the OIP repository RPCs). Loopback by default: only the pod reaches it.",
     )
+    metrics_listen: str = _setting(
+        "0.0.0.0:8003",
+        "HOST:PORT of the Prometheus metrics endpoint (HTTP, /metrics); empty: off.",
+    )
+    access_log: bool = _setting(
+        False, "Log one line per inference request (off: lifecycle events only)."
+    )
     control_token_file: str = _setting(
         "",
         "File holding the bearer token the control server requires (empty: the"
