@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sidecar import metrics
 from sidecar.guard.guard import Guard
 from sidecar.guard.rules import GuardSettings
 from sidecar.guard.shadow import ShadowMirror
@@ -25,7 +26,7 @@ from sidecar.loader.onnx import SessionConfig
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.sync import RepositorySync
 from sidecar.rpc.auth import read_token, server_credentials
-from sidecar.rpc.server import build_control_server, build_inference_server
+from sidecar.rpc.server import build_control_server, build_inference_server, check_bindable
 from sidecar.settings import Settings
 from sidecar.source.policy import read_model_settings
 from sidecar.source.watcher import RepositoryWatcher
@@ -145,14 +146,18 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     control_plane = ControlPlane(manager, state_dir=settings.state_dir, ready=plane.ready,
                                  guard=guard, mirror=mirror)
     options = config.describe()
+    outcomes: dict[tuple[str, str], int] = {}
     inference = build_inference_server(
         plane, listen=settings.listen, max_message_bytes=settings.max_message_bytes,
         max_concurrent_rpcs=settings.max_concurrent_rpcs, session_options=options,
-        credentials=data_credentials)
+        credentials=data_credentials, outcomes=outcomes, access_log=settings.access_log)
     control = build_control_server(
         plane, control_plane, listen=settings.control_listen,
         max_message_bytes=settings.max_message_bytes, session_options=options, token=token,
-        credentials=control_credentials)
+        credentials=control_credentials, outcomes=outcomes)
+    if settings.metrics_listen:
+        check_bindable(settings.metrics_listen)
+    collector = metrics.SidecarCollector(manager, outcomes, events, guard, mirror)
     listeners = (inference, control)
 
     async def set_server_health(ready: bool) -> None:
@@ -171,9 +176,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     addresses = {"address": inference.address, "control_address": control.address}
     watching: WatchTask | None = None
+    metrics_server: asyncio.Server | None = None
     try:
         for listener in listeners:
             await listener.server.start()
+        if settings.metrics_listen:
+            metrics_server = await metrics.serve(settings.metrics_listen,
+                                                 metrics.registry(collector))
+            port = metrics_server.sockets[0].getsockname()[1]
+            addresses["metrics_address"] = (
+                f"{settings.metrics_listen.rsplit(':', 1)[0]}:{port}")
         await set_server_health(False)
         log.info("listening", extra={**addresses, "control_auth": bool(token),
                                      "state_dir": str(settings.state_dir)})
@@ -189,6 +201,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     finally:
         if watching is not None:
             await watching.stop()
+        if metrics_server is not None:
+            metrics_server.close()
         plane.stopping = True
         events.end_followers()  # event streams would otherwise hold the grace period
         for listener in listeners:

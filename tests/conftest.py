@@ -42,6 +42,7 @@ class ServerProcess:
             "--model-repository", str(repo),
             "--listen", "127.0.0.1:0",
             "--control-listen", "127.0.0.1:0",
+            "--metrics-listen", "127.0.0.1:0",
             "--state-dir", str(self.state_dir),
             "--log-format", "json",
             *args,
@@ -54,6 +55,7 @@ class ServerProcess:
         serving = self.wait_for("serving")
         self.address: str = serving["address"]
         self.control_address: str = serving["control_address"]
+        self.metrics_address: str = serving["metrics_address"]
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

@@ -71,6 +71,9 @@ class DataPlane:
 
     # ---- models --------------------------------------------------------------
 
+    def model_known(self, model: str) -> bool:
+        return self._manager.has_model(model)
+
     def model_ready(self, model: str, version: str) -> bool:
         return self._manager.is_ready(model, version)
 

@@ -139,6 +139,9 @@ class ModelManager:
             raise NotFoundError(f"unknown model '{model}'")
         return entry
 
+    def has_model(self, model: str) -> bool:
+        return model in self._models
+
     def entries(self) -> list[ModelEntry]:
         return [self._models[name] for name in sorted(self._models)]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -14,14 +16,20 @@ from sidecar.rpc.errors import guarded, to_status
 from sidecar.rpc.proto import inference_pb2 as pb
 from sidecar.rpc.proto import inference_pb2_grpc as pb_grpc
 
+access = logging.getLogger("sidecar.access")
+
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane, session_options: dict[str, str], *,
-                 repository_control: bool) -> None:
+                 repository_control: bool, outcomes: dict[tuple[str, str], int] | None = None,
+                 access_log: bool = False) -> None:
         self._plane = plane
         self._session_options = session_options
+        #: (model, gRPC code) -> ModelInfer calls, for metrics; shared by servers
+        self._outcomes = outcomes if outcomes is not None else {}
+        self._access_log = access_log
         # RepositoryModelLoad/Unload change what serves: only on the control server.
         self._repository_control = repository_control
 
@@ -62,9 +70,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         rows = self._plane.statistics(request.name, request.version)
         return converters.statistics_response(rows)
 
-    @guarded
+    def _outcome(self, request: Any, code: str, start: float, version: str = "") -> None:
+        # Unknown model names come from clients: one label for all of them.
+        model = request.model_name if self._plane.model_known(request.model_name) else "_unknown"
+        key = (model, code)
+        self._outcomes[key] = self._outcomes.get(key, 0) + 1
+        if self._access_log:
+            access.info("infer", extra={
+                "model": request.model_name, "version": version, "id": request.id,
+                "code": code, "ms": round((time.perf_counter() - start) * 1e3, 3)})
+
     async def ModelInfer(self, request: Any, context: Context) -> pb.ModelInferResponse:
-        result = await self._plane.infer(converters.infer_request(request))
+        start = time.perf_counter()
+        try:
+            result = await self._plane.infer(converters.infer_request(request))
+        except Exception as exc:
+            code, message = to_status(exc, "ModelInfer")
+            self._outcome(request, code.name, start)
+            await context.abort(code, message)
+            raise  # unreachable: abort raises
+        self._outcome(request, "OK", start, result.version)
         return converters.infer_response(result)
 
     async def ModelStreamInfer(
@@ -73,10 +98,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Each request gets one response; an error goes into error_message and
         # the stream stays open (what tritonclient's stream API expects).
         async for request in request_iterator:
+            start = time.perf_counter()
             try:
                 result = await self._plane.infer(converters.infer_request(request))
             except Exception as exc:
-                _, message = to_status(exc, "ModelStreamInfer")
+                code, message = to_status(exc, "ModelStreamInfer")
+                self._outcome(request, code.name, start)
                 yield pb.ModelStreamInferResponse(
                     error_message=message,
                     infer_response=pb.ModelInferResponse(
@@ -84,6 +111,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     ),
                 )
             else:
+                self._outcome(request, "OK", start, result.version)
                 yield pb.ModelStreamInferResponse(infer_response=converters.infer_response(result))
 
     @guarded

@@ -105,11 +105,13 @@ def _add_common(server: grpc.aio.Server, names: tuple[str, ...]) -> health.aio.H
 def build_inference_server(
     plane: DataPlane, *, listen: str, max_message_bytes: int, max_concurrent_rpcs: int,
     session_options: dict[str, str], credentials: Any = None,
+    outcomes: dict[tuple[str, str], int] | None = None, access_log: bool = False,
 ) -> Listener:
     server = _server(max_message_bytes=max_message_bytes,
                      max_concurrent_rpcs=max_concurrent_rpcs)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(plane, session_options, repository_control=False), server)
+        InferenceServicer(plane, session_options, repository_control=False,
+                          outcomes=outcomes, access_log=access_log), server)
     health_servicer = _add_common(server, (INFERENCE_SERVICE,))
     port, address = _bind(server, listen, credentials)
     return Listener(server, health_servicer, port, address)
@@ -118,12 +120,14 @@ def build_inference_server(
 def build_control_server(
     plane: DataPlane, control_plane: ControlPlane, *, listen: str, max_message_bytes: int,
     session_options: dict[str, str], token: str = "", credentials: Any = None,
+    outcomes: dict[tuple[str, str], int] | None = None,
 ) -> Listener:
     interceptors = (BearerTokenInterceptor(token),) if token else ()
     server = _server(max_message_bytes=max_message_bytes, interceptors=interceptors)
     control.add_to_server(control_plane, server)
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(plane, session_options, repository_control=True), server)
+        InferenceServicer(plane, session_options, repository_control=True,
+                          outcomes=outcomes), server)
     health_servicer = _add_common(server, (CONTROL_SERVICE, INFERENCE_SERVICE))
     port, address = _bind(server, listen, credentials)
     return Listener(server, health_servicer, port, address)

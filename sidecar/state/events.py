@@ -86,6 +86,8 @@ class EventLog:
         self._subscribers: set[Subscription] = set()
         self._seq = 0
         self._file: Any = None
+        #: (model, action, actor) -> events published since start, for metrics
+        self.counts: dict[tuple[str, str, str], int] = {}
 
     def open(self) -> None:
         if self.path is None:
@@ -134,6 +136,8 @@ class EventLog:
     def publish(self, event: Event) -> None:
         """Make a written event visible: paging, followers, the log (event loop)."""
         self._recent.append(event)
+        key = (event.model, event.action, event.actor)
+        self.counts[key] = self.counts.get(key, 0) + 1
         for sub in list(self._subscribers):
             sub.offer(event)
         log.info(event.action, extra={
