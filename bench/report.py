@@ -34,6 +34,9 @@ class Figures:
     #: CPU of the client processes per request (0 for the floor): shows whether
     #: the clients or the server ran out of CPU.
     client_cpu_us_per_req: float = 0.0
+    #: Mean cores every other process (and the kernel outside them) used in the
+    #: window: a noisy neighbour shows here.
+    others_cores: float = 0.0
 
     @property
     def server_cores(self) -> float:
@@ -65,6 +68,7 @@ def figures(
     rss_mb: float | None,
     errors: int,
     client_cpu_s: float = 0.0,
+    others_cpu_s: float = 0.0,
 ) -> Figures:
     count = len(latencies_s)
     if count:
@@ -83,6 +87,7 @@ def figures(
         rss_mb=rss_mb,
         errors=errors,
         client_cpu_us_per_req=client_cpu_s / count * 1e6 if count else float("nan"),
+        others_cores=others_cpu_s / window_s,
     )
 
 
@@ -101,6 +106,7 @@ def median(runs: list[Figures]) -> Figures:
         rss_mb=statistics.median(rss) if rss else None,
         errors=sum(r.errors for r in runs),
         client_cpu_us_per_req=statistics.median(r.client_cpu_us_per_req for r in runs),
+        others_cores=statistics.median(r.others_cores for r in runs),
     )
 
 

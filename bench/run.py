@@ -28,8 +28,6 @@ import gc
 import importlib
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ from typing import Any
 
 import grpc
 import loadgen
+import machine
 import numpy as np
 import onnxruntime as ort
 import report
@@ -48,8 +47,7 @@ import servers
 from loadgen import Schedule, Workload
 from report import Figures, Targets
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+EXAMPLES = machine.ROOT / "examples"
 #: Lead time between `go` and the warm-up: the workers connect in it.
 LEAD_S = 0.05
 
@@ -95,37 +93,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not 1 <= args.client_procs <= args.concurrency:
         parser.error("--client-procs must be between 1 and --concurrency")
     return args
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "grpcio": grpc.__version__,
-        "numpy": np.__version__,
-        "loadavg_at_start": os.getloadavg(),
-        "sidecar_revision": sidecar_revision(),
-    }
-
-
-def sidecar_revision() -> str:
-    """The commit the measured sidecar comes from, `+dirty` if sidecar/ has changes."""
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True,
-                              check=False)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--", "sidecar") else "")
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 # ---- scenarios -----------------------------------------------------------------------
@@ -230,15 +197,17 @@ def measure_server(kind: str, round_: int, scenario: Scenario, args: argparse.Na
         schedule = Schedule(begin, begin + args.warmup, begin + args.warmup + args.duration)
         clients.go(server.address, schedule)
         _sleep_until(schedule.measure)
-        cpu0, client0 = server.cpu_seconds(), _clients_cpu(clients.pids)
+        cpu0, client0, all0 = server.cpu_seconds(), _clients_cpu(clients.pids), machine.busy_seconds()
         _sleep_until(schedule.end)
         cpu, client = server.cpu_seconds() - cpu0, _clients_cpu(clients.pids) - client0
+        others = machine.busy_seconds() - all0 - cpu - client
         rss = server.rss_mb()
         result = clients.collect()
     finally:
         server.stop()
     return report.figures(kind, round_, result.latencies_s, window_s=args.duration, cpu_s=cpu,
-                          rss_mb=rss, errors=result.errors, client_cpu_s=client)
+                          rss_mb=rss, errors=result.errors, client_cpu_s=client,
+                          others_cpu_s=others)
 
 
 def _clients_cpu(pids: list[int]) -> float:
@@ -284,7 +253,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine()
+    info = machine.describe()
     print(f"machine: {info['cpu_count']} CPUs ({info['cpu_model']}), python {info['python']},"
           f" onnxruntime {info['onnxruntime']}, grpcio {info['grpcio']},"
           f" load average {' '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}")
