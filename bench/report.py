@@ -43,12 +43,6 @@ class Figures:
         """Mean CPU cores the server (or the floor's process) used in the window."""
         return self.cpu_us_per_req * self.req_s / 1e6
 
-    @property
-    def busy_cores(self) -> float:
-        """Server plus clients. Well below the machine's cores while both are
-        saturated means someone else (a noisy neighbour) had the CPU."""
-        return (self.cpu_us_per_req + self.client_cpu_us_per_req) * self.req_s / 1e6
-
 
 @dataclass(frozen=True, slots=True)
 class Targets:

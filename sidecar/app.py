@@ -111,11 +111,13 @@ class WatchTask:
         await self._task
 
 
-def _start_watcher(settings: Settings, manager: ModelManager) -> WatchTask | None:
+def _start_watcher(settings: Settings, manager: ModelManager, guard: Guard
+                   ) -> WatchTask | None:
     if not settings.watch:
         return None
     sync = RepositorySync(manager, settings.model_repository,
-                          default_policy=settings.watch_policy)
+                          default_policy=settings.watch_policy,
+                          on_model=guard.reload)
     watcher = RepositoryWatcher(
         settings.model_repository, sync.apply, settle_s=settings.watch_settle_ms / 1000,
         poll=settings.watch_poll, poll_interval_ms=settings.watch_poll_ms)
@@ -192,7 +194,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await manager.start()
         guard.start()
         mirror.start()
-        watching = _start_watcher(settings, manager)
+        watching = _start_watcher(settings, manager, guard)
         await set_server_health(plane.ready())
         served = sorted(e.name for e in manager.entries() if e.serving.active is not None)
         log.info("serving", extra={**addresses, "models": served, "ready": plane.ready()})

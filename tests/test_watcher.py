@@ -248,3 +248,15 @@ def test_no_watch_leaves_new_versions_alone(start_server: Any, tmp_path: Path) -
     stub.Activate(cpb.ActivateRequest(model="tiny", version="3"), timeout=30)
     models = stub.ListModels(cpb.ListModelsRequest(), timeout=10).models
     assert models[0].active.number == 3
+
+
+def test_guard_settings_in_the_model_file_take_effect(watched: Watched) -> None:
+    """A "guard" object added to a model's sidecar.json applies without a restart."""
+    path = watched.repo / "policy" / "sidecar.json"
+    tmp = path.with_name("sidecar.json.tmp")
+    tmp.write_text('{"on_new_version": "load", "guard": {"max_error_ratio": 0.25}}')
+    tmp.rename(path)
+    stub = control_stub(watched.server.control_address)
+    wait_until(lambda: stub.GetGuard(cpb.GetGuardRequest(model="policy"), timeout=10)
+               .settings["max_error_ratio"] == "0.25", what="the new guard setting")
+    assert stub.GetGuard(cpb.GetGuardRequest(model="policy"), timeout=10).overrides == {}

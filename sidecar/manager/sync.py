@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.errors import FailedPreconditionError, NotFoundError, UnavailableError
@@ -28,9 +29,10 @@ _MAX_ATTEMPTS = 16  # candidates tried for one model in one snapshot
 
 
 class RepositorySync:
-    def __init__(self, manager: ModelManager, repository: Path, *, default_policy: str
-                 ) -> None:
+    def __init__(self, manager: ModelManager, repository: Path, *, default_policy: str,
+                 on_model: Callable[[str], object] | None = None) -> None:
         self._manager = manager
+        self._on_model = on_model  # told each synced model (the guard re-reads settings)
         self._repository = repository
         self._default = default_policy
         self.memory = Memory()
@@ -61,7 +63,9 @@ class RepositorySync:
             for action in actions:
                 retry = await self._carry_out(name, action) or retry
             if not retry:
-                return
+                break
+        if self._on_model is not None and self._manager.has_model(name):
+            self._on_model(name)
 
     async def _carry_out(self, name: str, action: Action) -> bool:
         """Do one action; True if the model should be planned again at once."""
