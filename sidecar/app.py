@@ -127,6 +127,10 @@ def _start_watcher(settings: Settings, manager: ModelManager, guard: Guard
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the sidecar until `stop` is set or SIGTERM/SIGINT arrives."""
     check(settings)
+    # Fail on an unusable address before anything is created (state dir included).
+    for address in (settings.listen, settings.control_listen, settings.metrics_listen):
+        if address:
+            check_bindable(address)
     config = session_config(settings)
     token = _token(settings)
     data_credentials = _credentials(settings.tls_cert, settings.tls_key)
@@ -157,8 +161,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         plane, control_plane, listen=settings.control_listen,
         max_message_bytes=settings.max_message_bytes, session_options=options, token=token,
         credentials=control_credentials, outcomes=outcomes)
-    if settings.metrics_listen:
-        check_bindable(settings.metrics_listen)
     collector = metrics.SidecarCollector(manager, outcomes, events, guard, mirror)
     listeners = (inference, control)
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from helpers import client
@@ -17,10 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", *args], capture_output=True, text=True, timeout=60,
-        env={**os.environ, **(env or {})},
-    )
+    # In a temporary directory: a start that fails must leave nothing behind anyway,
+    # and the default state dir is relative to the working directory.
+    with tempfile.TemporaryDirectory() as cwd:
+        result = subprocess.run(
+            [sys.executable, "-m", "sidecar", *args], capture_output=True, text=True,
+            timeout=60, env={**os.environ, **(env or {})}, cwd=cwd,
+        )
+        assert not (Path(cwd) / ".sidecar-state").exists(), "a failed start left state behind"
+    return result
 
 
 def test_help_describes_every_setting() -> None:
