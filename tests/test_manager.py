@@ -128,6 +128,7 @@ def test_one_warm_version_means_no_instant_rollback(tmp_path: Path) -> None:
         assert _serving(m) == (3, None)
         await m.activate("tiny", "1", actor="cli")
         assert _serving(m) == (1, None)
+        await m.retired()
         assert m.entry("tiny").versions[3].loaded is None  # unloaded, memory freed
         with pytest.raises(FailedPreconditionError, match="warm-versions is 1"):
             await m.rollback("tiny", actor="cli")
@@ -145,6 +146,7 @@ def test_warm_budget_evicts_the_oldest_but_keeps_held_loads(tmp_path: Path) -> N
         assert entry.state_of(entry.versions[1]) == "WARM"
         await m.activate("tiny", "1", actor="cli")
         assert _serving(m) == (1, 3) and sorted(entry.serving.loaded) == [1, 3]
+        await m.retired()
         assert entry.versions[2].loaded is None
 
     run(_repo(tmp_path / "r"), tmp_path / "s", body)
@@ -293,3 +295,20 @@ def test_a_slow_load_does_not_delay_a_rollback(tmp_path: Path) -> None:
         run(_repo(tmp_path / "r"), tmp_path / "s", body, loader=gated_load)
     finally:
         gate.set()
+
+
+def test_a_rollback_never_waits_for_an_evicted_version_to_drain(tmp_path: Path) -> None:
+    """Activating 1 evicts version 2 while a request holds it: the activation and a
+    rollback right after both finish at once; 2 closes only when the request ends."""
+    async def body(m: ModelManager) -> None:
+        handle = m.acquire("tiny", "2")  # a long request on the previous version
+        await asyncio.wait_for(m.activate("tiny", "1", actor="cli"), 5)
+        assert _serving(m) == (1, 3) and handle.phase.name == "UNLOADING"
+        await asyncio.wait_for(m.rollback("tiny", actor="cli"), 5)
+        assert _serving(m) == (3, 1)
+        assert handle.loaded is not None  # still open for the request holding it
+        handle.release()
+        await asyncio.wait_for(m.retired(), 5)
+        assert handle.loaded is None and handle.phase.name == "UNLOADED"
+
+    run(_repo(tmp_path / "r"), tmp_path / "s", body)

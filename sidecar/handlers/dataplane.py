@@ -154,9 +154,12 @@ class DataPlane:
             names = _requested_outputs(version, signature, request.outputs)
             runner = version.loaded.runner
             stats = version.stats
+            elements = sum(t.data.size for t in request.inputs) or 1
             infer_start = time.perf_counter_ns()
             try:
-                if stats.mean_infer_ns < self._inline_max_ns:
+                # Inline only when this request is predicted short: a large batch on a
+                # model that is usually fast still goes to the pool.
+                if stats.ns_per_element * elements < self._inline_max_ns:
                     arrays = runner.run(feeds, names)
                 else:
                     loop = asyncio.get_running_loop()
@@ -173,7 +176,8 @@ class DataPlane:
                                               f" in output '{bad}'")
             end = time.perf_counter_ns()
             first = request.inputs[0].shape if request.inputs else ()
-            stats.record_success(end - start, end - infer_start, first[0] if first else 1)
+            stats.record_success(end - start, end - infer_start, first[0] if first else 1,
+                                 elements)
             if guard is not None:
                 guard.observe(version, True, end - start)
                 if self._mirror is not None and not request.version:

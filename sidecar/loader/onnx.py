@@ -133,6 +133,7 @@ class LoadedModel:
     runner: Runner
     load_ns: int
     warmup_ns: int  # one warm-up inference, after the first
+    warmup_elements: int = 1  # input elements of that warm-up inference
 
 
 def one_line(exc: BaseException) -> str:
@@ -211,7 +212,9 @@ def load(path: Path, config: SessionConfig) -> LoadedModel:
     after = path.stat()
     if (after.st_size, after.st_mtime_ns) != (identity.size, identity.mtime_ns):
         raise ModelLoadError(f"{path} changed while it was being loaded")
-    return LoadedModel(identity, signature, runner, time.perf_counter_ns() - start, warmup_ns)
+    elements = max(1, sum(int(a.size) for a in feeds.values()))
+    return LoadedModel(identity, signature, runner, time.perf_counter_ns() - start, warmup_ns,
+                       elements)
 
 
 def _as_text(name: str, array: np.ndarray) -> np.ndarray:

@@ -87,7 +87,7 @@ class VersionLoading:
             return False
         version.loaded, version.identity = loaded, loaded.identity
         version.loaded_at = time.time()
-        version.stats = VersionStats(mean_infer_ns=float(loaded.warmup_ns))
+        version.stats = VersionStats(ns_per_element=loaded.warmup_ns / loaded.warmup_elements)
         version.phase = Phase.READY
         log.info("ready", extra={"model": version.model, "version": version.number,
                                  "digest": loaded.identity.digest,
@@ -111,18 +111,30 @@ class VersionLoading:
                 return version
         return None
 
-    async def unload(self, version: ModelVersion) -> None:
-        """Close a version that left the serving state, once it has drained."""
+    def begin_unload(self, version: ModelVersion) -> LoadedModel | None:
+        """Mark a version that left serving as UNLOADING, at once (no await), and
+        return the session to close once it drains. From here on, activating it
+        again loads a fresh session instead of reusing this one."""
         if version.phase is not Phase.READY:
-            return
+            return None
         version.phase, version.held = Phase.UNLOADING, False
         log.info("unloading", extra={"model": version.model, "version": version.number,
                                      "inflight": version.inflight})
+        return version.loaded
+
+    async def finish_unload(self, version: ModelVersion, leaving: LoadedModel | None) -> None:
+        """Wait for the version to drain, then close the session `begin_unload` took."""
+        if leaving is None:
+            return
         await version.drain()
-        if version.loaded is not None:
-            version.loaded.runner.close()
-        version.loaded, version.phase = None, Phase.UNLOADED
+        leaving.runner.close()
+        if version.loaded is leaving:  # not loaded again while it drained
+            version.loaded, version.phase = None, Phase.UNLOADED
         log.info("unloaded", extra={"model": version.model, "version": version.number})
+
+    async def unload(self, version: ModelVersion) -> None:
+        """Close a version that left the serving state, once it has drained."""
+        await self.finish_unload(version, self.begin_unload(version))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

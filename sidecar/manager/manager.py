@@ -78,6 +78,7 @@ class ModelManager:
                                        on_failure=self._load_failed, quarantine=self.quarantine)
         self._journal = Journal(store, self.events, self._snapshot)
         self._swap_hooks: list[SwapHook] = []
+        self._retiring: set[asyncio.Task[None]] = set()
         self.candidates = Candidates(self)
         self.started = False
 
@@ -138,6 +139,10 @@ class ModelManager:
         if entry is None:
             raise NotFoundError(f"unknown model '{model}'")
         return entry
+
+    async def retired(self) -> None:
+        """Wait until versions that left serving have drained and closed."""
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     def has_model(self, model: str) -> bool:
         return model in self._models
@@ -347,8 +352,9 @@ class ModelManager:
                 from_version=old.number if old else 0, from_digest=old.digest if old else "",
                 to_version=version.number, to_digest=version.digest,
                 details={"forced": "true"} if force else None))
-            await self._evict(entry)
+            dropped = self._evict(entry)
             await self.notify(entry)
+        self._retire(dropped)
         return SwapResult(model, old, version, swap_ns, time.perf_counter_ns() - start)
 
     async def rollback(
@@ -376,7 +382,8 @@ class ModelManager:
                 from_digest=old.digest, to_version=target.number, to_digest=target.digest,
                 details=details))
             await self.notify(entry)
-            await self._evict(entry)
+            dropped = self._evict(entry)
+        self._retire(dropped)
         return SwapResult(model, old, target, swap_ns, time.perf_counter_ns() - start)
 
     def _swap(self, entry: ModelEntry, version: ModelVersion, *, previous: ModelVersion | None
@@ -398,9 +405,9 @@ class ModelManager:
             previous.deactivated_at = now
         return elapsed
 
-    async def _evict(self, entry: ModelEntry) -> None:
-        """Keep the active, held and the warm-budget's most recent versions; unload
-        the rest (after they drain)."""
+    def _evict(self, entry: ModelEntry) -> list[ModelVersion]:
+        """Keep the active, held and the warm-budget's most recent versions; take the
+        rest out of serving and return them, for `_retire` once the lock is released."""
         serving = entry.serving
         kept = [v for v in (serving.previous,) if v is not None]
         others = sorted((v for v in serving.loaded.values()
@@ -410,43 +417,53 @@ class ModelManager:
         budget = self._warm_versions - 1
         keep = set((kept + others)[:budget])
         drop = [v for v in kept + others if v not in keep]
-        if not drop:
-            return
-        loaded = {n: v for n, v in serving.loaded.items() if v not in drop}
-        previous = serving.previous if serving.previous in keep else None
-        entry.serving = serving.but(previous=previous, loaded=MappingProxyType(loaded))
-        for version in drop:
-            await self._loading.unload(version)
+        if drop:
+            loaded = {n: v for n, v in serving.loaded.items() if v not in drop}
+            previous = serving.previous if serving.previous in keep else None
+            entry.serving = serving.but(previous=previous, loaded=MappingProxyType(loaded))
+        return drop
+
+    def _retire(self, versions: list[ModelVersion]) -> None:
+        """Drain and close versions that left serving, in the background: a command
+        never holds a model's lock while requests on an old version finish, so a
+        rollback right after never waits for them."""
+        for version in versions:
+            leaving = self._loading.begin_unload(version)  # now, not when the task runs
+            task = asyncio.get_running_loop().create_task(
+                self._loading.finish_unload(version, leaving))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     async def unload(self, model: str, ref: str = "", *, actor: str, reason: str = "") -> None:
         """Unload one version (never the active one), or, with no `ref`, the whole
-        model: it leaves serving at once, then each version drains and closes."""
+        model: it leaves serving at once, then each version drains and closes. The
+        command returns once they are closed, but drains outside the model's lock."""
         entry = self.entry(model)
-        if ref:
-            version = await self.resolve(entry, ref)
+        version = await self.resolve(entry, ref) if ref else None
         async with entry.lock:
             serving = entry.serving
-            if not ref:
+            if version is None:
                 entry.serving, entry.unloaded = ServingState.empty(), True
                 await self._journal.commit(self.events.make(model, "unload", actor, reason))
                 await self.notify(entry)
-                await asyncio.gather(*(self._loading.unload(v) for v in serving.loaded.values()))
-                return
-            if version is serving.active:
-                raise FailedPreconditionError(
-                    f"{version.label} is active; activate another version or unload the"
-                    " model")
-            if serving.loaded.get(version.number) is version:
-                loaded = {n: v for n, v in serving.loaded.items() if v is not version}
-                entry.serving = serving.but(
-                    previous=None if serving.previous is version else serving.previous,
-                    canary=None if serving.canary is version else serving.canary,
-                    shadow=None if serving.shadow is version else serving.shadow,
-                    loaded=MappingProxyType(loaded))
-            await self._journal.commit(self.events.make(
-                model, "unload", actor, reason, from_version=version.number,
-                from_digest=version.digest))
-            await self._loading.unload(version)
+                leaving = list(serving.loaded.values())
+            else:
+                if version is serving.active:
+                    raise FailedPreconditionError(
+                        f"{version.label} is active; activate another version or unload"
+                        " the model")
+                if serving.loaded.get(version.number) is version:
+                    loaded = {n: v for n, v in serving.loaded.items() if v is not version}
+                    entry.serving = serving.but(
+                        previous=None if serving.previous is version else serving.previous,
+                        canary=None if serving.canary is version else serving.canary,
+                        shadow=None if serving.shadow is version else serving.shadow,
+                        loaded=MappingProxyType(loaded))
+                await self._journal.commit(self.events.make(
+                    model, "unload", actor, reason, from_version=version.number,
+                    from_digest=version.digest))
+                leaving = [version]
+        await asyncio.gather(*(self._loading.unload(v) for v in leaving))
 
     async def set_pinned(self, model: str, pinned: bool, *, actor: str, reason: str = "") -> None:
         entry = self.entry(model)
@@ -512,6 +529,7 @@ class ModelManager:
 
     async def close(self) -> None:
         """Unload everything (after the servers stopped taking calls)."""
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for entry in self.entries():
             async with entry.lock:
                 loaded = list(entry.serving.loaded.values())

@@ -54,18 +54,20 @@ class VersionStats:
     inference_count: int = 0  # batch elements inferred
     execution_count: int = 0  # model runs
     last_inference_ms: int = 0
-    #: Mean compute time, exponentially weighted; decides inline vs pool.
-    mean_infer_ns: float = 0.0
+    #: Compute time per input element, exponentially weighted: times a request's
+    #: element count, it predicts the request's compute (inline vs pool).
+    ns_per_element: float = 0.0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
-    def record_success(self, total_ns: int, infer_ns: int, batch: int) -> None:
+    def record_success(self, total_ns: int, infer_ns: int, batch: int, elements: int = 1
+                       ) -> None:
         self.success.add(total_ns)
         self.latency.record(total_ns)
         self.compute_infer.add(infer_ns)
         self.inference_count += batch
         self.execution_count += 1
         self.last_inference_ms = time.time_ns() // 1_000_000
-        self.mean_infer_ns += (infer_ns - self.mean_infer_ns) * 0.05
+        self.ns_per_element += (infer_ns / max(1, elements) - self.ns_per_element) * 0.05
 
     def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)
