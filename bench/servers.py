@@ -33,15 +33,17 @@ ReadyParser = Callable[[str], str | None]
 
 
 def sidecar_command(repository: Path, state_dir: Path, extra: Sequence[str]) -> list[str]:
-    """`sidecar serve` as users run it (the console script), kept to the run's
-    temp directory: its own state directory (no state restored from an earlier
-    run, nothing written into the working tree) and a free control port (the
-    default 8002 may be taken). `extra` comes last, so it overrides these."""
+    """`sidecar serve` as users run it (the console script) with every feature at
+    its default, kept to the run's temp directory: its own state directory (no
+    state restored from an earlier run, nothing written into the working tree)
+    and free control and metrics ports (the defaults 8002 and 8003 may be taken;
+    metrics stay on). `extra` comes last, so it overrides these."""
     return [
         str(VENV_BIN / "sidecar"), "serve",
         "--model-repository", str(repository),
         "--listen", "127.0.0.1:0",
         "--control-listen", "127.0.0.1:0",
+        "--metrics-listen", "127.0.0.1:0",
         "--state-dir", str(state_dir),
         "--log-format", "json",
         *extra,

@@ -27,6 +27,7 @@ from sidecar.handlers.types import (
     ModelMetadata,
     VersionStatistics,
 )
+from sidecar.loader.onnx import Runner
 from sidecar.loader.signature import Signature
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.version import ModelVersion
@@ -155,15 +156,16 @@ class DataPlane:
             runner = version.loaded.runner
             stats = version.stats
             elements = sum(t.data.size for t in request.inputs) or 1
-            infer_start = time.perf_counter_ns()
             try:
                 # Inline only when this request is predicted short: a large batch on a
                 # model that is usually fast still goes to the pool.
                 if stats.ns_per_element * elements < self._inline_max_ns:
-                    arrays = runner.run(feeds, names)
+                    arrays, infer_ns = _timed_run(runner, feeds, names)
                 else:
                     loop = asyncio.get_running_loop()
-                    arrays = await loop.run_in_executor(self._executor, runner.run, feeds, names)
+                    # Timed inside the worker: waiting for a thread is not compute.
+                    arrays, infer_ns = await loop.run_in_executor(
+                        self._executor, _timed_run, runner, feeds, names)
             except ModelExecutionError as exc:
                 self._failed(version, start)
                 raise ModelExecutionError(f"{version.label} failed: {exc}") from exc
@@ -176,8 +178,7 @@ class DataPlane:
                                               f" in output '{bad}'")
             end = time.perf_counter_ns()
             first = request.inputs[0].shape if request.inputs else ()
-            stats.record_success(end - start, end - infer_start, first[0] if first else 1,
-                                 elements)
+            stats.record_success(end - start, infer_ns, first[0] if first else 1, elements)
             if guard is not None:
                 guard.observe(version, True, end - start)
                 if self._mirror is not None and not request.version:
@@ -190,6 +191,13 @@ class DataPlane:
             return InferResult(request.model, str(version.number), request.id, outputs)
         finally:
             version.release()
+
+
+def _timed_run(runner: Runner, feeds: dict[str, np.ndarray], names: list[str]
+               ) -> tuple[list[np.ndarray], int]:
+    start = time.perf_counter_ns()
+    arrays = runner.run(feeds, names)
+    return arrays, time.perf_counter_ns() - start
 
 
 def _non_finite(names: list[str], arrays: list[np.ndarray]) -> str:
