@@ -117,7 +117,7 @@ def _start_watcher(settings: Settings, manager: ModelManager, guard: Guard
         return None
     sync = RepositorySync(manager, settings.model_repository,
                           default_policy=settings.watch_policy,
-                          on_model=guard.reload)
+                          on_model=guard.reload_changed)
     watcher = RepositoryWatcher(
         settings.model_repository, sync.apply, settle_s=settings.watch_settle_ms / 1000,
         poll=settings.watch_poll, poll_interval_ms=settings.watch_poll_ms)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -146,7 +147,7 @@ class SidecarCollector(Collector):
             for version in entry.serving.loaded.values():
                 if version.window is None:
                     continue
-                stats = version.window.stats(_now())
+                stats = version.window.stats(time.monotonic())
                 for figure, value in (("requests", stats.requests),
                                       ("failures", stats.failures),
                                       ("error_ratio", stats.error_ratio)):
@@ -158,12 +159,6 @@ class SidecarCollector(Collector):
                                       getattr(counts, figure))
         yield window
         yield shadow
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
 
 
 def registry(collector: SidecarCollector) -> CollectorRegistry:

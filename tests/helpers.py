@@ -55,7 +55,7 @@ def status_of(call: Any) -> tuple[str, str]:
 
 
 def hammer(address: str, stop: Any, served: Any, seed: int, threads: int = 4,
-           models: tuple[str, ...] = ("tiny",)) -> dict[str, int]:
+           models: tuple[str, ...] = ("tiny",), started: Any = None) -> dict[str, int]:
     """Client-process body: `threads` clients send requests to `models` (each made
     of tiny_model versions) until `stop` is set.
 
@@ -75,6 +75,7 @@ def hammer(address: str, stop: Any, served: Any, seed: int, threads: int = 4,
         c = client(address)
         rng = np.random.default_rng(seed * 100 + k)
         counts: dict[str, int] = {"ok": 0, "failed": 0, "wrong": 0}
+        told = False
         while not stop.is_set():
             x = rng.standard_normal((2, 4)).astype(np.float32)
             model = models[int(rng.integers(len(models)))]
@@ -91,6 +92,9 @@ def hammer(address: str, stop: Any, served: Any, seed: int, threads: int = 4,
             counts[f"v{version}"] = counts.get(f"v{version}", 0) + 1
             with served.get_lock():
                 served.value += 1
+            if started is not None and not told:
+                started.set()  # once per thread: set() takes a lock shared by processes
+                told = True
         c.close()
         with lock:
             for key, n in counts.items():
@@ -112,7 +116,11 @@ def control_stub(address: str) -> Any:
 
 
 def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll a condition of a server we cannot subscribe to, with a deadline."""
+    """Poll a condition of a server we cannot subscribe to, with a deadline.
+
+    Used only for requests in flight on a version (ListVersions' counter): the
+    server has no event for a request arriving, and adding one per request to the
+    hot path would cost every client for the sake of two tests."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -123,23 +131,31 @@ def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -
 
 
 def hammer_process(address: str, stop: Any, served: Any, seed: int, results: Any,
-                   models: tuple[str, ...]) -> None:
+                   models: tuple[str, ...], started: Any) -> None:
     """Entry point of a client process: run `hammer` and report its counts."""
-    results.put(hammer(address, stop, served, seed, models=models))
+    results.put(hammer(address, stop, served, seed, models=models, started=started))
 
 
 def start_hammers(address: str, processes: int, models: tuple[str, ...] = ("tiny",)
                   ) -> tuple[Any, Any, Any, list[Any]]:
-    """Start client processes hammering `models`; returns (stop, served, results, procs)."""
+    """Start client processes hammering `models` and wait for each one's first answer;
+    returns (stop, served, results, procs)."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     stop, served, results = ctx.Event(), ctx.Value("i", 0), ctx.Queue()
+    # One event per process, each set by its first answer. Waiting for all of them
+    # also means every child has unpickled its arguments before this returns and
+    # drops the events (a child cannot rebuild a semaphore its parent freed).
+    started = [ctx.Event() for _ in range(processes)]
     procs = [ctx.Process(target=hammer_process,
-                         args=(address, stop, served, seed, results, models))
+                         args=(address, stop, served, seed, results, models, started[seed]))
              for seed in range(processes)]
     for proc in procs:
         proc.start()
+    if not all(event.wait(60) for event in started):
+        stop.set()
+        raise AssertionError("a client process got no answer within 60 s")
     return stop, served, results, procs
 
 

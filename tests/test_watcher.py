@@ -22,7 +22,6 @@ from helpers import (
     infer_input,
     start_hammers,
     stop_hammers,
-    wait_until,
 )
 
 from sidecar.rpc.proto import control_pb2 as cpb
@@ -66,9 +65,8 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
     (repo / "policy" / "sidecar.json").write_text('{"on_new_version": "load"}')
     server = ServerProcess(repo, "--watch-settle-ms", str(SETTLE_MS))
     events = EventStream(server.control_address)
-    stop, served, results, procs = start_hammers(server.address, 2, LOADED_MODELS)
+    stop, _, results, procs = start_hammers(server.address, 2, LOADED_MODELS)
     try:
-        wait_until(lambda: served.value > 50, timeout=60, what="clients to start")
         yield Watched(server, events)
     finally:
         totals = stop_hammers(stop, results, procs)
@@ -257,6 +255,8 @@ def test_guard_settings_in_the_model_file_take_effect(watched: Watched) -> None:
     tmp.write_text('{"on_new_version": "load", "guard": {"max_error_ratio": 0.25}}')
     tmp.rename(path)
     stub = control_stub(watched.server.control_address)
-    wait_until(lambda: stub.GetGuard(cpb.GetGuardRequest(model="policy"), timeout=10)
-               .settings["max_error_ratio"] == "0.25", what="the new guard setting")
+    event = watched.events.wait_for(model="policy", action="guard-settings", actor="watcher")
+    assert event.details["max_error_ratio"] == "0.25"
+    assert stub.GetGuard(cpb.GetGuardRequest(model="policy"), timeout=10).settings[
+        "max_error_ratio"] == "0.25"
     assert stub.GetGuard(cpb.GetGuardRequest(model="policy"), timeout=10).overrides == {}

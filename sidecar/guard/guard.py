@@ -92,6 +92,12 @@ class Guard:
         guard.settings = self.settings_for(name)
         return guard.settings
 
+    def reload_changed(self, name: str) -> dict[str, str]:
+        """Re-read a model's settings; the ones that changed, by name ({} if none)."""
+        before = self.model(name).settings
+        after = self.reload(name)
+        return {k: str(v) for k, v in after.to_dict().items() if before.to_dict()[k] != v}
+
     def _window(self, settings: GuardSettings) -> OutcomeWindow:
         return OutcomeWindow(settings.window_requests, settings.window_s)
 

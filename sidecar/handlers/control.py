@@ -13,7 +13,6 @@ from pathlib import Path
 from sidecar import __version__
 from sidecar.errors import FailedPreconditionError, InvalidInputError, UnavailableError
 from sidecar.guard.guard import Guard
-from sidecar.guard.rules import GuardSettings
 from sidecar.guard.shadow import ShadowMirror
 from sidecar.loader.signature import TensorSpec
 from sidecar.manager.entry import ModelEntry, SwapResult
@@ -209,7 +208,6 @@ class ControlPlane:
         merged.update(changes)
         try:
             guard.settings_for(model).updated(merged)  # validate before keeping
-            self._defaults_check(merged)
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from exc
         entry.guard = merged
@@ -218,10 +216,6 @@ class ControlPlane:
             model, "guard-settings", check_actor(actor, "rpc"),
             details={k: str(v) for k, v in merged.items()}))
         return self.guard_view(model)
-
-    @staticmethod
-    def _defaults_check(changes: dict[str, str]) -> None:
-        GuardSettings().updated(changes)
 
     async def start_candidate(self, model: str, ref: str, *, kind: str, weight_percent: float,
                               force: bool, actor: str, reason: str) -> CandidateView:

@@ -500,10 +500,10 @@ class ModelManager:
                 await self.notify(entry)
 
     async def note(self, model: str, action: str, *, actor: str, reason: str,
-                   version: int = 0) -> None:
-        """Record an event that changes nothing (a skip, a warning)."""
+                   version: int = 0, details: dict[str, str] | None = None) -> None:
+        """Record an event that changes no serving state (a skip, a warning)."""
         await self._journal.record(self.events.make(model, action, actor, reason,
-                                            to_version=version))
+                                                    to_version=version, details=details))
 
     # ---- persistence and notification ----------------------------------------
 

@@ -30,9 +30,10 @@ _MAX_ATTEMPTS = 16  # candidates tried for one model in one snapshot
 
 class RepositorySync:
     def __init__(self, manager: ModelManager, repository: Path, *, default_policy: str,
-                 on_model: Callable[[str], object] | None = None) -> None:
+                 on_model: Callable[[str], dict[str, str]] | None = None) -> None:
         self._manager = manager
-        self._on_model = on_model  # told each synced model (the guard re-reads settings)
+        #: told each synced model; returns the settings that changed (the guard's)
+        self._on_model = on_model
         self._repository = repository
         self._default = default_policy
         self.memory = Memory()
@@ -65,7 +66,10 @@ class RepositorySync:
             if not retry:
                 break
         if self._on_model is not None and self._manager.has_model(name):
-            self._on_model(name)
+            changed = self._on_model(name)
+            if changed:
+                await self._manager.note(name, "guard-settings", actor=ACTOR, details=changed,
+                                         reason="guard settings changed in the model's file")
 
     async def _carry_out(self, name: str, action: Action) -> bool:
         """Do one action; True if the model should be planned again at once."""

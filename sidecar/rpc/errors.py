@@ -65,7 +65,7 @@ def guarded(method: Method[T]) -> Method[T]:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             return await method(self, request, context)
-        except (errors.SidecarError, Exception) as exc:
+        except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             code, message = to_status(exc, name)
