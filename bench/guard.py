@@ -35,34 +35,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from common import (
-    ClientPool,
-    CpuMeter,
-    EventFollower,
-    LoadFigures,
-    Plan,
-    RequestSpec,
-    Samples,
-    Sidecar,
-    activate,
-    cpu_seconds,
-    describe_machine,
-    fmt,
-    make_models,
-    median,
-    pb,
-    print_table,
-    ratio,
-    scratch,
-    tiny_repo,
-    wait_idle,
-    write_version,
-)
+from harness import machine, models, stats
+from harness.clients import ClientPool, Plan, Samples, Workload
+from harness.server import EventFollower, Sidecar, pb, scratch, tiny_repo, write_version
+from harness.stats import fmt, median, ratio
 
-PARTS = ("detection", "hotpath")
 MODEL = "tiny"
 BAD = 3
 EVENT_TIMEOUT_S = 15.0
@@ -83,40 +62,29 @@ class Failing:
 
 
 FAILING = (Failing("~94 %", 4, 0.0), Failing("~20 %", 1, -0.8416))
-
 LOADS = (Load("~20 req/s (open loop)", 20.0), Load("~200 req/s (open loop)", 200.0),
          Load("max (closed loop, 16 in flight)", 0.0, 16))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--part", action="append", choices=PARTS,
-                        help="run only this part (repeatable; default both)")
-    parser.add_argument("--quick", action="store_true",
-                        help="2 detection repeats; 2 hot-path rounds of 3 s")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="detection: bad activations per load (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="hot path: rounds (default 3)")
-    parser.add_argument("--duration", type=float, default=6.0,
-                        help="hot path: measured seconds per run (default 6)")
-    parser.add_argument("--warmup", type=float, default=1.0,
-                        help="hot path: seconds of load before each measured window")
-    parser.add_argument("--max-others", type=float, default=0.3, metavar="CORES",
-                        help="a hot-path round in which other processes used more CPU cores"
-                        " than this is measured again; a detection load is flagged"
-                        " (default 0.3)")
-    parser.add_argument("--wait-idle", type=float, default=30.0, metavar="S",
-                        help="before each round or load, wait up to S s for an idle machine"
-                        " (default 30; 0: do not wait)")
-    parser.add_argument("--retries", type=int, default=2,
-                        help="hot path: disturbed rounds measured again, at most (default 2)")
+    add = parser.add_argument
+    add("--part", action="append", choices=("detection", "hotpath"),
+        help="run only this part (repeatable; default both)")
+    add("--quick", action="store_true",
+        help="a smoke test: 1 detection repeat per load; 1 hot-path round of 2 s")
+    add("--repeats", type=int, default=3, help="detection: bad activations per load")
+    add("--rounds", type=int, default=3, help="hot path: rounds (default 3)")
+    add("--duration", type=float, default=6.0, help="hot path: seconds per run (default 6)")
+    add("--warmup", type=float, default=1.0, help="hot path: seconds of load before each")
+    machine.add_noise_args(parser, max_others=0.3, wait_idle=30.0, retries=2)
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.rounds, args.duration = 2, 2, 3.0
+        args.repeats, args.rounds, args.duration, args.warmup = 1, 1, 2.0, 0.5
     return args
 
 
-# ---- (a) detection -------------------------------------------------------------------------
+# ---- detection ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,71 +100,62 @@ class Detection:
     window: str  # the guard's window at its decision: failures / requests
 
 
-def set_cooldown_zero(server: Sidecar) -> None:
-    server.control().SetGuard(pb().SetGuardRequest(model=MODEL, settings={"cooldown_s": "0"},
-                                                   actor="bench"), timeout=30)
-
-
-def is_guard_rollback(event: Any) -> bool:
-    return bool(event.action == "rollback" and event.actor == "guard"
-                and event.from_version.number == BAD)
-
-
 def bad_activation(server: Sidecar, events: EventFollower, load: str, failing: str
                    ) -> Detection:
     mark = events.mark()
     sent = time.monotonic()
-    total_ms = float(activate(server, MODEL, BAD, force=True).total_ms)
+    total_ms = float(server.activate(MODEL, BAD, force=True).total_ms)
     returned = time.monotonic()
-    back = events.wait(is_guard_rollback, after=mark, timeout=EVENT_TIMEOUT_S)
+    back = events.wait(lambda e: e.action == "rollback" and e.actor == "guard"
+                       and e.from_version.number == BAD, after=mark, timeout=EVENT_TIMEOUT_S)
     began = events.wait(lambda e: e.action == "activate" and e.to_version.number == BAD,
                         after=mark, timeout=1.0)
     if back is None or began is None:
         return Detection(load, failing, sent, returned, total_ms, float("nan"), float("nan"),
                          "none", "")
     details = back.event.details
-    server_ms = (back.event.time - began.event.time) * 1e3
-    return Detection(load, failing, sent, returned, total_ms, back.at, server_ms,
-                     details.get("rule", "?"),
+    return Detection(load, failing, sent, returned, total_ms, back.at,
+                     (back.event.time - began.event.time) * 1e3, details.get("rule", "?"),
                      f"{details.get('failures', '?')}/{details.get('requests', '?')}")
 
 
-@dataclass(frozen=True, slots=True)
-class LoadRun:
-    """Bad activations under one load, every call the client made, and the conditions."""
-
-    found: list[Detection]
-    samples: Samples
-    calm_rate: float  # calls/s on version 2 before the first bad activation
-    others_cores: float  # CPU cores other processes used meanwhile
-
-
 def detect_under(server: Sidecar, events: EventFollower, load: Load, failing: Failing,
-                 repeats: int) -> LoadRun:
-    spec = RequestSpec(model=MODEL, rows=failing.rows, random=True, shift=failing.shift,
-                       check=False)
-    pool = ClientPool(spec, 1)
-    try:
-        meter = CpuMeter([server.pid, *pool.pids, os.getpid()])
+                 args: argparse.Namespace) -> list[list[object]]:
+    """`args.repeats` bad activations under one load; one table row each."""
+    workload = Workload(rows=failing.rows, random=True, shift=failing.shift, check=False)
+    with ClientPool(workload) as pool:
+        meter = machine.CpuMeter([server.pid, *pool.pids, os.getpid()])
         begin = time.monotonic() + 0.2
         pool.start(server.address, Plan(begin, begin + 3600, in_flight=load.in_flight,
                                         rate=load.rate))
         time.sleep(1.7)  # load on version 2 before the first bad activation
         calm = (begin + 0.5, time.monotonic())
         found = []
-        for _ in range(repeats):
+        for _ in range(args.repeats):
             found.append(bad_activation(server, events, load.title, failing.title))
             time.sleep(1.0)  # version 2 serves again; in-flight calls end
         pool.stop_event.set()
         samples = pool.collect()
-        _, others = meter.stop()
-    finally:
-        pool.close()
-    return LoadRun(found, samples, samples.between(*calm).count / (calm[1] - calm[0]), others)
+        others = meter.stop().others_cores
+    rate = samples.between(*calm).count / (calm[1] - calm[0])
+    return [detection_row(d, samples, found[k + 1].sent if k + 1 < len(found) else float("inf"),
+                          rate, others, args.max_others) for k, d in enumerate(found)]
 
 
-def guard_repo(root: Path) -> Path:
-    return tiny_repo(root, (1, 2))
+def detection_row(d: Detection, samples: Samples, until: float, rate: float, others: float,
+                  max_others: float) -> list[object]:
+    span = samples.between(d.sent, until)
+    after_return = samples.between(d.returned, d.rolled_back_at).failed \
+        if d.rolled_back_at == d.rolled_back_at else span.failed
+    ms = (d.rolled_back_at - d.returned) * 1e3
+    requests = span.failed + int(np.count_nonzero(span.version == BAD))
+    worst = max(ms, d.server_ms)
+    met = "yes" if worst == worst and (requests <= 200 or worst <= 2000) else "NO"
+    return [d.failing, d.load, fmt(rate, 0),
+            f"{fmt((d.returned - d.sent) * 1e3, 0)} ({fmt(d.total_ms, 0)})", fmt(ms, 0),
+            fmt(d.server_ms, 0), requests, span.failed, after_return, d.rule, d.window,
+            met + (" (below 50 req/s)" if rate < 50 else ""),
+            fmt(others) + (" (disturbed)" if others > max_others else "")]
 
 
 def part_detection(args: argparse.Namespace) -> None:
@@ -204,21 +163,21 @@ def part_detection(args: argparse.Namespace) -> None:
           f" {args.repeats} repeats per load and share of failing calls")
     rows: list[list[object]] = []
     with scratch("lifecycle-guard-") as root:
-        repo = guard_repo(root)
+        repo = tiny_repo(root)
         server = Sidecar(repo, "--no-watch")
         events = EventFollower(server)
         try:
-            write_version(repo, MODEL, BAD, make_models().buggy_model(BAD))
-            set_cooldown_zero(server)
+            write_version(repo, MODEL, BAD, models.buggy_model(BAD))
+            server.control().SetGuard(pb.SetGuardRequest(
+                model=MODEL, settings={"cooldown_s": "0"}, actor="bench"), timeout=30)
             for failing in FAILING:
                 for load in LOADS:
-                    wait_idle(args.wait_idle)
-                    rows += detection_rows(detect_under(server, events, load, failing,
-                                                        args.repeats), args.max_others)
+                    machine.wait_idle(args.wait_idle)
+                    rows += detect_under(server, events, load, failing, args)
         finally:
             events.close()
             server.stop()
-    print_table("From the bad version's activation to the guard's rollback (client side;"
+    stats.table("From the bad version's activation to the guard's rollback (client side;"
                 " 'server ms': between the two events' server times)",
                 ["failing", "load", "calm req/s", "Activate RPC ms (server total_ms)",
                  "RPC return -> rollback event ms", "activate -> rollback event ms (server)",
@@ -230,151 +189,73 @@ def part_detection(args: argparse.Namespace) -> None:
           "target: rolled back within 200 requests or 2 s (applies at >= 50 req/s)")
 
 
-def detection_rows(run: LoadRun, max_others: float) -> list[list[object]]:
-    found, samples, rate = run.found, run.samples, run.calm_rate
-    others = fmt(run.others_cores) + (" (disturbed)" if run.others_cores > max_others else "")
-    rows: list[list[object]] = []
-    for k, d in enumerate(found):
-        until = found[k + 1].sent if k + 1 < len(found) else float("inf")
-        span = samples.between(d.sent, until)
-        failed = span.failed
-        after_return = samples.between(d.returned, d.rolled_back_at).failed \
-            if d.rolled_back_at == d.rolled_back_at else failed
-        ok_bad = int(np.count_nonzero(span.version == BAD))
-        ms = (d.rolled_back_at - d.returned) * 1e3
-        requests = failed + ok_bad
-        worst = max(ms, d.server_ms)
-        met = "yes" if worst == worst and (requests <= 200 or worst <= 2000) else "NO"
-        if rate < 50:
-            met += " (below 50 req/s)"
-        rpc = f"{fmt((d.returned - d.sent) * 1e3, 0)} ({fmt(d.total_ms, 0)})"
-        rows.append([d.failing, d.load, fmt(rate, 0), rpc, fmt(ms, 0), fmt(d.server_ms, 0),
-                     requests, failed, after_return, d.rule, d.window, met, others])
-    return rows
+# ---- hot path ------------------------------------------------------------------------------
 
 
-# ---- (b) hot path ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Variant:
-    key: str
-    flags: tuple[str, ...]
-    probation: bool
-
-
-VARIANTS = (Variant("--no-guard", ("--no-guard",), False),
-            Variant("guard on, trusted", (), False),
-            Variant("guard on, probation", (), True))
+#: variant -> (flags, on probation)
+VARIANTS = {"--no-guard": (("--no-guard",), False), "guard on, trusted": ((), False),
+            "guard on, probation": ((), True)}
 
 
 @dataclass(frozen=True, slots=True)
 class HotRun:
     round: int
     variant: str
-    figures: LoadFigures
-    server_us_per_call: float
-    others_cores: float
+    figures: stats.Figures
 
 
-def hot_run(repo: Path, pool: ClientPool, variant: Variant, number: int,
+def hot_run(repo: Path, pool: ClientPool, variant: str, number: int,
             args: argparse.Namespace) -> HotRun:
-    server = Sidecar(repo, *variant.flags)
+    flags, probation = VARIANTS[variant]
+    server = Sidecar(repo, *flags)
     try:
-        if variant.probation:
-            activate(server, MODEL, 1)
-            activate(server, MODEL, 2)  # active again, on probation (600 s)
-        begin = time.monotonic() + 0.2
-        measure = begin + args.warmup
-        end = measure + args.duration
-        pool.start(server.address, Plan(begin, end, in_flight=16))
-        time.sleep(max(0.0, measure - time.monotonic()))
-        meter = CpuMeter([server.pid, *pool.pids, os.getpid()])
-        cpu0 = cpu_seconds(server.pid)
-        time.sleep(max(0.0, end - time.monotonic()))
-        cpu = cpu_seconds(server.pid) - cpu0
-        _, others = meter.stop()
-        samples = pool.collect()
+        if probation:
+            server.activate(MODEL, 1)
+            server.activate(MODEL, 2)  # active again, on probation (600 s)
+        w = pool.measure(server, args.warmup, args.duration)
     finally:
         server.stop()
-    figures = LoadFigures.of(samples, measure, end)
-    if samples.failed or samples.wrong:
-        print(f"  {variant.key}: {samples.failed} failed, {samples.wrong} wrong:"
-              f" {samples.first_error}")
-    return HotRun(number, variant.key, figures, cpu / max(1, figures.calls) * 1e6, others)
+    if w.samples.failed or w.samples.wrong:
+        print(f"  {variant}: {w.samples.failed} failed, {w.samples.wrong} wrong:"
+              f" {w.samples.first_error}")
+    return HotRun(number, variant, w.figures)
 
 
 def part_hotpath(args: argparse.Namespace) -> None:
     print(f"\n## hot path: 1 client process x 16 in flight, {MODEL} batch 1;"
           f" {args.rounds} rounds of {args.duration:g} s per variant, order rotated")
-    kept: list[HotRun] = []
-    dropped: list[HotRun] = []
-    with scratch("lifecycle-guardcost-") as root:
-        repo = guard_repo(root)
-        pool = ClientPool(RequestSpec(model=MODEL), 1)
-        try:
-            retries, number = args.retries, 1
-            while number <= args.rounds:
-                wait_idle(args.wait_idle)
-                shift = (number - 1) % len(VARIANTS)
-                order = VARIANTS[shift:] + VARIANTS[:shift]
-                runs = [hot_run(repo, pool, v, number, args) for v in order]
-                if any(r.others_cores > args.max_others for r in runs) and retries > 0:
-                    retries -= 1
-                    dropped += runs
-                    print(f"  round {number} disturbed by other processes; measured again")
-                    continue
-                kept += runs
-                number += 1
-        finally:
-            pool.close()
-    report_hotpath(kept, dropped, args.max_others)
-
-
-def report_hotpath(kept: list[HotRun], dropped: list[HotRun], max_others: float) -> None:
-    def label(r: HotRun) -> str:
-        if r in dropped:
-            return f"{r.round} (disturbed, not counted)"
-        return f"{r.round}" + (" (disturbed; retries spent)" if r.others_cores > max_others
-                               else "")
-
-    rows = [[label(r), r.variant,
-             fmt(r.figures.rps, 0), fmt(r.figures.p50_ms), fmt(r.figures.p99_ms),
-             fmt(r.server_us_per_call, 1), r.figures.errors, fmt(r.others_cores)]
-            for r in kept + dropped]
-    print_table("Each run (others: CPU cores used by other processes)",
+    names = list(VARIANTS)
+    with scratch("lifecycle-guardcost-") as root, ClientPool(Workload()) as pool:
+        repo = tiny_repo(root)
+        kept, dropped = stats.rounds(
+            args.rounds, args,
+            lambda n: [hot_run(repo, pool, v, n, args)
+                       for v in names[(n - 1) % 3:] + names[:(n - 1) % 3]],
+            lambda r: r.figures.others_cores)
+    stats.table("Each run (others: CPU cores used by other processes)",
                 ["round", "variant", "req/s", "p50 ms", "p99 ms", "server CPU us/call",
-                 "errors", "others"], rows)
+                 "errors", "others"],
+                [[stats.round_label(r.round, f.others_cores, args.max_others, r in dropped),
+                  r.variant, fmt(f.req_s, 0), fmt(f.p50_ms), fmt(f.p99_ms),
+                  fmt(f.server_us_per_call, 1), f.errors, fmt(f.others_cores)]
+                 for r in kept + dropped for f in [r.figures]])
 
     def med(variant: str, what: str) -> float:
-        runs = [r for r in kept if r.variant == variant]
-        if what == "cpu":
-            return median([r.server_us_per_call for r in runs])
-        return median([float(getattr(r.figures, what)) for r in runs])
+        return median([getattr(r.figures, what) for r in kept if r.variant == variant])
 
-    off = VARIANTS[0].key
-    table = []
-    for v in VARIANTS:
-        table.append([v.key, fmt(med(v.key, "rps"), 0), fmt(ratio(med(v.key, "rps"),
-                                                                  med(off, "rps"))),
-                      fmt(med(v.key, "p99_ms")), fmt(ratio(med(v.key, "p99_ms"),
-                                                          med(off, "p99_ms"))),
-                      fmt(med(v.key, "cpu"), 1), fmt(ratio(med(v.key, "cpu"), med(off, "cpu")))])
-    print_table("Guard cost (medians across rounds; ratios to --no-guard)",
-                ["variant", "req/s", "x", "p99 ms", "x", "server CPU us/call", "x"], table)
+    rows = []
+    for v in names:
+        row: list[object] = [v]
+        for what, digits in (("req_s", 0), ("p99_ms", 2), ("server_us_per_call", 1)):
+            row += [fmt(med(v, what), digits), fmt(ratio(med(v, what), med(names[0], what)))]
+        rows.append(row)
+    stats.table("Guard cost (medians across rounds; ratios to --no-guard)",
+                ["variant", "req/s", "x", "p99 ms", "x", "server CPU us/call", "x"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    parts = args.part or list(PARTS)
-    print(describe_machine())
-    started = time.monotonic()
-    if "detection" in parts:
-        part_detection(args)
-    if "hotpath" in parts:
-        part_hotpath(args)
-    print(f"\n(total {time.monotonic() - started:.0f} s)")
-    return 0
+    return machine.run_parts({"detection": part_detection, "hotpath": part_hotpath},
+                             parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,14 +17,17 @@ package, so nothing the sidecar does can leak into the baseline.
 `--intra-op-threads` (not set by default) exists to compare the sidecar with a
 baseline given the same onnxruntime thread count, besides the default one.
 
-Prints one line `listening HOST:PORT` (the actual port when given port 0) to
-stdout once it accepts calls; stops on SIGTERM or SIGINT.
+Prints one JSON line `{"event": "serving", "address": "HOST:PORT"}` (the actual
+port when given port 0) to stdout once it accepts calls, the line the sidecar
+logs when it is ready, so one reader (tests/serverlog.py) waits for both; stops
+on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Sequence
@@ -122,7 +125,8 @@ async def serve(session: Any, listen: str, max_message_mb: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     try:
-        print(f"listening {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+        address = f"{listen.rsplit(':', 1)[0]}:{port}"
+        print(json.dumps({"event": "serving", "address": address}), flush=True)
         await stop.wait()
     finally:
         await server.stop(1.0)

@@ -39,23 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import (
-    ClientPool,
-    CpuMeter,
-    EventFollower,
-    Plan,
-    RequestSpec,
-    Samples,
-    Sidecar,
-    describe_machine,
-    fmt,
-    make_models,
-    median,
-    print_table,
-    scratch,
-    tiny_repo,
-    wait_idle,
-)
+from harness import machine, models, stats
+from harness.clients import ClientPool, Plan, Samples, Workload
+from harness.server import EventFollower, Sidecar, scratch, tiny_repo
+from harness.stats import fmt, median
 
 MODEL = "tiny"
 MODES = ("rename", "rename-old", "copy")
@@ -98,7 +85,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repeats", type=int, default=5,
                         help="publications per case and mode (default 5)")
-    parser.add_argument("--quick", action="store_true", help="2 repeats")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke test: 1 repeat, two configurations (inotify-200,"
+                        " poll100-200)")
     parser.add_argument("--wait-idle", type=float, default=30.0, metavar="S",
                         help="before each case, wait up to S s for an idle machine (default"
                         " 30; 0: do not wait)")
@@ -108,7 +97,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="only this way of publishing (repeatable; default all)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats = 2
+        args.repeats = 1
+        args.case = args.case or ["inotify-200", "poll100-200"]
     return args
 
 
@@ -116,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def model_bytes(version: int) -> bytes:
-    data: bytes = make_models().tiny_model(version).SerializeToString()
+    data: bytes = models.tiny_model(version).SerializeToString()
     return data
 
 
@@ -170,29 +160,26 @@ class CaseRun:
 
 def run_case(case: Case, modes: Sequence[str], repeats: int) -> CaseRun:
     published: list[Publication] = []
-    with scratch("lifecycle-watch-") as root:
+    with scratch("lifecycle-watch-") as root, ClientPool(Workload()) as pool:
         repo = tiny_repo(root)
-        staging = root / "staging"
         server = Sidecar(repo, *case.flags)
         events = EventFollower(server)
-        pool = ClientPool(RequestSpec(model=MODEL), 1)
         try:
-            meter = CpuMeter([server.pid, *pool.pids, os.getpid()])
+            meter = machine.CpuMeter([server.pid, *pool.pids, os.getpid()])
             begin = time.monotonic() + 0.2
             pool.start(server.address, Plan(begin, begin + 3600))
             time.sleep(1.0)  # the watch is live and the client warm
             version = 3
             for mode in modes:
-                publish = publisher(mode, repo, staging)
+                publish = publisher(mode, repo, root / "staging")
                 for _ in range(repeats):
                     published.append(publish_one(case, mode, version, publish, events))
                     version += 1
             time.sleep(0.2)
             pool.stop_event.set()
             samples = pool.collect()
-            _, others = meter.stop()
+            others = meter.stop().others_cores
         finally:
-            pool.close()
             events.close()
             server.stop()
     return CaseRun(published, samples, others)
@@ -243,27 +230,26 @@ def report(cases: Sequence[Case], results: dict[str, CaseRun], modes: Sequence[s
         if samples.failed or samples.wrong:
             print(f"{case.title}: client calls failed {samples.failed}, wrong {samples.wrong}:"
                   f" {samples.first_error}")
-    print_table("Last byte -> first answer from the new version (ms; client side), and ->"
+    stats.table("Last byte -> first answer from the new version (ms; client side), and ->"
                 " activate event",
                 ["watcher", "publish", "n", "answer median", "answer max", "event median",
                  "missed", "early", "target (1 s + settle)", "met", "others"], rows)
     print("others: CPU cores used by other processes during the case")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> None:
     cases = [c for c in CASES if not args.case or c.key in args.case]
     modes = [m for m in MODES if not args.mode or m in args.mode]
-    print(describe_machine())
-    started = time.monotonic()
     results = {}
     for case in cases:
         print(f"- {case.title}: {args.repeats} x {', '.join(modes)}", flush=True)
-        wait_idle(args.wait_idle)
+        machine.wait_idle(args.wait_idle)
         results[case.key] = run_case(case, modes, args.repeats)
     report(cases, results, modes)
-    print(f"\n(total {time.monotonic() - started:.0f} s)")
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return machine.run_parts({"watch": run}, parse_args(argv))
 
 
 if __name__ == "__main__":

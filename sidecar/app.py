@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from sidecar.manager.manager import ModelManager
 from sidecar.manager.sync import RepositorySync
 from sidecar.rpc.auth import read_token, server_credentials
 from sidecar.rpc.server import build_control_server, build_inference_server, check_bindable
-from sidecar.settings import Settings
+from sidecar.settings import MIB, Settings
 from sidecar.source.policy import read_model_settings
 from sidecar.source.watcher import RepositoryWatcher
 from sidecar.state.events import EventLog
@@ -63,6 +64,15 @@ def check(settings: Settings) -> None:
         raise ConfigError("max-message-mb must be positive")
     if settings.warm_versions < 1:
         raise ConfigError("warm-versions must be at least 1")
+    if settings.max_loaded < settings.warm_versions:
+        raise ConfigError(f"max-loaded ({settings.max_loaded}) must be at least warm-versions"
+                          f" ({settings.warm_versions})")
+    if not settings.crash_window_s > 0 or settings.crash_limit < 0:
+        raise ConfigError("crash-window-s must be positive and crash-limit at least 0")
+    if not (math.isfinite(settings.events_max_mb) and settings.events_max_mb > 0):
+        raise ConfigError("events-max-mb must be a positive number")
+    if settings.events_keep < 1:
+        raise ConfigError("events-keep must be at least 1")
 
 
 def _credentials(cert: str, key: str, client_ca: str = "") -> Any:
@@ -90,12 +100,14 @@ def _guard_file_settings(repository: Path, model: str) -> dict[str, Any]:
 
 
 def _open_state(settings: Settings) -> tuple[StateStore, EventLog]:
-    store, events = StateStore(settings.state_dir), EventLog(settings.state_dir)
+    store = StateStore(settings.state_path)
+    events = EventLog(settings.state_path, max_bytes=max(1, int(settings.events_max_mb * MIB)),
+                      keep=settings.events_keep)
     try:
         store.open()
         events.open()
     except OSError as exc:
-        raise ConfigError(f"state directory {settings.state_dir}: {exc.strerror}") from exc
+        raise ConfigError(f"state directory {settings.state_path}: {exc.strerror}") from exc
     return store, events
 
 
@@ -141,15 +153,18 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     manager = ModelManager(
         settings.model_repository, config, store=store, events=events,
         warm_versions=settings.warm_versions, load_threads=settings.load_threads,
+        max_loaded=settings.max_loaded, crash_window_s=settings.crash_window_s,
+        crash_limit=settings.crash_limit,
     )
     pool = ThreadPoolExecutor(settings.effective_inference_threads, thread_name_prefix="infer")
     repo = settings.model_repository
     guard = Guard(manager, defaults=GuardSettings(enabled=settings.guard),
                   settings_source=lambda model: _guard_file_settings(repo, model))
-    mirror = ShadowMirror(manager, guard, queue_size=GuardSettings().shadow_queue)
+    mirror = ShadowMirror(manager, guard)
     plane = DataPlane(manager, pool, inline_max_us=settings.inline_max_us,
-                      strict_readiness=settings.strict_readiness, guard=guard, mirror=mirror)
-    control_plane = ControlPlane(manager, state_dir=settings.state_dir, ready=plane.ready,
+                      strict_readiness=settings.strict_readiness,
+                      nonfinite=guard.nonfinite_check, mirror=mirror)
+    control_plane = ControlPlane(manager, state_dir=settings.state_path, ready=plane.ready,
                                  guard=guard, mirror=mirror)
     options = config.describe()
     outcomes: dict[tuple[str, str], int] = {}
@@ -192,7 +207,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 f"{settings.metrics_listen.rsplit(':', 1)[0]}:{port}")
         await set_server_health(False)
         log.info("listening", extra={**addresses, "control_auth": bool(token),
-                                     "state_dir": str(settings.state_dir)})
+                                     "state_dir": str(settings.state_path)})
         await manager.start()
         guard.start()
         mirror.start()
@@ -214,7 +229,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await asyncio.gather(*(lst.server.stop(settings.grace_s) for lst in listeners))
         await mirror.close()
         await guard.close()
-        await manager.close()
+        await manager.close(settings.grace_s)
         pool.shutdown(wait=True, cancel_futures=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -56,13 +56,3 @@ CONFIG_TYPES: Final[dict[str, str]] = {
     "BF16": "TYPE_BF16",
 }
 
-
-def datatype_of(array: np.ndarray) -> str:
-    """The V2 datatype name of a numpy array's dtype (BYTES for text/objects)."""
-    kind = array.dtype.kind
-    if kind in "OUS":
-        return "BYTES"
-    for name, dt in NUMPY_DTYPES.items():
-        if dt == array.dtype:
-            return name
-    raise ValueError(f"no V2 datatype for numpy dtype {array.dtype}")

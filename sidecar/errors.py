@@ -23,17 +23,13 @@ from __future__ import annotations
 class SidecarError(Exception):
     """Base class: `str(err)` is the one-line message shown to the caller."""
 
-    #: Whether the error is the client's fault; client errors never count
-    #: against a version's health.
-    client_error = False
-
 
 class NotFoundError(SidecarError):
-    client_error = True
+    pass
 
 
 class InvalidInputError(SidecarError):
-    client_error = True
+    pass
 
 
 class UnavailableError(SidecarError):
@@ -41,7 +37,7 @@ class UnavailableError(SidecarError):
 
 
 class FailedPreconditionError(SidecarError):
-    client_error = True
+    pass
 
 
 class ModelLoadError(SidecarError):
@@ -53,12 +49,12 @@ class ModelExecutionError(SidecarError):
 
 
 class UnauthenticatedError(SidecarError):
-    client_error = True
+    """Raised by the control server's bearer-token interceptor (sidecar.rpc.auth)."""
 
 
 class PermissionDeniedError(SidecarError):
-    client_error = True
+    pass
 
 
 class UnimplementedError(SidecarError):
-    client_error = True
+    """Raised by the inference servicer's optional RPCs (sidecar.rpc.dataplane)."""

@@ -143,15 +143,14 @@ class SidecarCollector(Collector):
         shadow = CounterMetricFamily(
             "sidecar_shadow", "Shadow copies: compared, disagreed, dropped, failed.",
             labels=["model", "version", "figure"])
-        for entry in self._manager.entries():
-            for version in entry.serving.loaded.values():
-                if version.window is None:
-                    continue
-                stats = version.window.stats(time.monotonic())
+        if self._guard is not None:
+            for watch in self._guard.watches():
+                stats = watch.window.stats(time.monotonic())
                 for figure, value in (("requests", stats.requests),
                                       ("failures", stats.failures),
                                       ("error_ratio", stats.error_ratio)):
-                    window.add_metric([entry.name, str(version.number), figure], value)
+                    window.add_metric([watch.servable.model, str(watch.servable.number),
+                                       figure], value)
         if self._mirror is not None:
             for model, counts in sorted(self._mirror.counts.items()):
                 for figure in ("compared", "disagreed", "dropped", "failed"):

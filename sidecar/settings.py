@@ -8,6 +8,7 @@ then environment, then the default here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,16 +50,47 @@ class Settings:
         "File holding the bearer token the control server requires (empty: the"
         " SIDECAR_CONTROL_TOKEN variable, else no token).",
     )
-    state_dir: Path = _setting(
-        Path(".sidecar-state"),
-        "Directory for the persisted serving state (state.json) and the event log"
-        " (events.jsonl). In the container image: /var/lib/sidecar, a volume.",
+    state_dir: str = _setting(
+        "",
+        "Directory for the persisted serving state (state.json, serving.json) and the"
+        " event log (events.jsonl). Empty: .sidecar-state/<repository name>-<hash of"
+        " its path> in the working directory, so each repository has its own. The"
+        " state records its repository; a state written for another one is set"
+        " aside. In the container image: /var/lib/sidecar, a volume.",
+    )
+    events_max_mb: float = _setting(
+        16.0,
+        "Size in MiB at which the event log events.jsonl is rotated to"
+        " events.jsonl.1 (the older ones move up to .2, .3, ...). The state"
+        " directory needs about (--events-keep + 1) times this for events.",
+    )
+    events_keep: int = _setting(
+        4,
+        "Rotated event log files kept (events.jsonl.1 to .N); at rotation the"
+        " oldest beyond N is deleted. At least 1.",
     )
     warm_versions: int = _setting(
         2,
         "Versions kept loaded per model: the active one plus the most recently"
         " active ones. 2 keeps the previous version warm for an instant rollback; 1"
         " saves its memory, and a rollback then needs a load.",
+    )
+    max_loaded: int = _setting(
+        4,
+        "Versions of one model loaded at most: the active, the previous and a"
+        " canary or shadow always stay; versions loaded by `ctl load` or the"
+        " watcher's load policy beyond this are unloaded, the oldest first. At"
+        " least --warm-versions.",
+    )
+    crash_window_s: float = _setting(
+        120.0,
+        "Crash-loop guard: a version serving when the process ended without a clean"
+        " stop, within this many seconds of starting to serve, counts one crash.",
+    )
+    crash_limit: int = _setting(
+        2,
+        "Crash-loop guard: after this many such crashes in a row, the next start"
+        " rolls the version back before serving and quarantines it (0: off).",
     )
     tls_cert: str = _setting("", "PEM certificate chain for TLS on --listen (with --tls-key).")
     tls_key: str = _setting("", "PEM private key for TLS on --listen.")
@@ -150,6 +182,15 @@ class Settings:
     log_level: str = _setting(
         "info", "Log level.", choices=("debug", "info", "warning", "error")
     )
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory: as set, or one of its own for the repository."""
+        if self.state_dir:
+            return Path(self.state_dir)
+        repository = self.model_repository.absolute()
+        tag = hashlib.sha256(str(repository).encode()).hexdigest()[:8]
+        return Path(".sidecar-state") / f"{repository.name or 'root'}-{tag}"
 
     @property
     def max_message_bytes(self) -> int:

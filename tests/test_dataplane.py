@@ -44,9 +44,9 @@ def test_large_requests_go_to_the_pool_even_on_a_fast_model(tmp_path: Path) -> N
             x = np.ones((rows, 4), np.float32)
             return InferRequest("m", inputs=[InferInput("INPUT0", "FP32", x.shape, x)])
 
-        await plane.infer(request(1))
+        await plane.infer(request(1), lambda r: r)
         assert pool.submitted == 0
-        await plane.infer(request(50_000))
+        await plane.infer(request(50_000), lambda r: r)
         assert pool.submitted == 1
         pool.shutdown()
         await manager.close()

@@ -15,6 +15,8 @@ from sidecar.guard.shadow import agree
 from sidecar.guard.window import OutcomeWindow
 from sidecar.loader.onnx import SessionConfig
 from sidecar.manager.manager import ModelManager
+from sidecar.manager.servable import Observer
+from sidecar.manager.version import ModelVersion
 from sidecar.state.events import EventLog
 
 S = GuardSettings()
@@ -128,8 +130,17 @@ def _guarded(tmp_path: Path, clock: Clock) -> tuple[ModelManager, Guard]:
         make_models.write_model(make_models.tiny_model(v), tmp_path, "tiny", v)
     make_models.write_model(make_models.buggy_model(3), tmp_path, "tiny", 3)
     manager = ModelManager(tmp_path, SessionConfig(), events=EventLog(None))
-    guard = Guard(manager, defaults=S, settings_source=lambda _: {}, clock=clock)
+    guard = Guard(manager, defaults=S, settings_source=lambda _: {}, clock=clock,
+                  wall_clock=clock)
     return manager, guard
+
+
+def _observer(version: ModelVersion | None) -> Observer:
+    """The guard's observer of the version's session (what the data plane tells)."""
+    assert version is not None and version.servable is not None
+    observer = version.servable.observer
+    assert observer is not None
+    return observer
 
 
 def test_low_traffic_on_a_healthy_version_never_triggers(tmp_path: Path) -> None:
@@ -143,12 +154,12 @@ def test_low_traffic_on_a_healthy_version_never_triggers(tmp_path: Path) -> None
         guard.start()
         await manager.activate("tiny", "1", actor="cli")
         version = manager.entry("tiny").serving.active
-        assert version is not None
+        observer = _observer(version)
         rng = np.random.default_rng(5)
         for second in range(1200):
             clock.now += 1.0
-            guard.observe(version, second % 60 != 0, int(rng.uniform(0.5e6, 8e6)))
-        await asyncio.sleep(0)  # let any scheduled action start
+            observer.observe(second % 60 != 0, int(rng.uniform(0.5e6, 8e6)))
+        assert await guard.idle() == 0  # nothing was ever scheduled
         assert manager.entry("tiny").serving.active is version
         assert not [e for e in manager.events.page(limit=1000) if e.actor == "guard"]
         await manager.close()
@@ -165,12 +176,12 @@ def test_probation_ends(tmp_path: Path) -> None:
         guard.start()
         await manager.activate("tiny", "1", actor="cli")
         version = manager.entry("tiny").serving.active
-        assert version is not None
+        observer = _observer(version)
         clock.now += S.probation_s + 1
-        guard.observe(version, True, 1)  # first observation after probation
+        observer.observe(True, 1)  # first observation after probation
         for _ in range(50):
-            guard.observe(version, False, 1)
-        await asyncio.sleep(0)
+            observer.observe(False, 1)
+        assert await guard.idle() == 0  # nothing was ever scheduled
         assert manager.entry("tiny").serving.active is version
         await manager.close()
 

@@ -56,8 +56,7 @@ def _serving(m: ModelManager) -> tuple[int | None, int | None]:
 def _output(m: ModelManager, version: str = "") -> tuple[int, np.ndarray]:
     handle = m.acquire("tiny", version)
     try:
-        assert handle.loaded is not None
-        return handle.number, handle.loaded.runner.run({"INPUT0": X})[0]
+        return handle.number, handle.runner.run({"INPUT0": X})[0]
     finally:
         handle.release()
 
@@ -206,14 +205,13 @@ def test_unload_drains_before_closing(tmp_path: Path) -> None:
         unloading = asyncio.create_task(m.unload("tiny", "2", actor="cli"))
         event = await asyncio.wait_for(events.next(), 5)  # published as it leaves serving
         assert event is not None and event.action == "unload"
-        assert handle.phase.name == "UNLOADING"
+        assert handle.version.phase.name == "UNLOADING"
         assert not m.is_ready("tiny", "2")  # no new request can take it
-        assert handle.loaded is not None
-        handle.loaded.runner.run({"INPUT0": X})  # the in-flight request still runs
+        handle.runner.run({"INPUT0": X})  # the in-flight request still runs
         assert not unloading.done()
         handle.release()
         await asyncio.wait_for(unloading, 5)
-        assert handle.loaded is None and handle.phase.name == "UNLOADED"
+        assert handle.closed and handle.version.phase.name == "UNLOADED"
 
     run(_repo(tmp_path / "r"), tmp_path / "s", body)
 
@@ -303,12 +301,12 @@ def test_a_rollback_never_waits_for_an_evicted_version_to_drain(tmp_path: Path) 
     async def body(m: ModelManager) -> None:
         handle = m.acquire("tiny", "2")  # a long request on the previous version
         await asyncio.wait_for(m.activate("tiny", "1", actor="cli"), 5)
-        assert _serving(m) == (1, 3) and handle.phase.name == "UNLOADING"
+        assert _serving(m) == (1, 3) and handle.version.phase.name == "UNLOADING"
         await asyncio.wait_for(m.rollback("tiny", actor="cli"), 5)
         assert _serving(m) == (3, 1)
-        assert handle.loaded is not None  # still open for the request holding it
+        assert not handle.closed  # still open for the request holding it
         handle.release()
         await asyncio.wait_for(m.retired(), 5)
-        assert handle.loaded is None and handle.phase.name == "UNLOADED"
+        assert handle.closed and handle.version.phase.name == "UNLOADED"
 
     run(_repo(tmp_path / "r"), tmp_path / "s", body)

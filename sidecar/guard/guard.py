@@ -1,18 +1,24 @@
-"""The guard at run time: watches versions and acts through the manager.
+"""The guard at run time: watches sessions and acts through the manager.
 
-`observe` is on the request path: it records the outcome in the version's
-window and, for a version under watch, applies the rules; an action (rollback,
-canary abort or promotion) is scheduled as a task, so no request waits for it.
-What is watched:
+The guard owns its windows. While it watches a version it sets a `Watch` as
+the observer of that version's session (`Servable.observer`); the data plane
+tells the observer each server-side outcome, and nothing else. A session
+nobody watches has no observer, so with the guard off (`--no-guard`, or
+`enabled=false` for a model) recording costs nothing and no window exists.
 
-- the active version during its probation after an activation (not after a
-  rollback by the guard itself: the cooldown protects against flapping);
+What is watched (while the guard is on for the model):
+- the active version: always (its p99 is the baseline the next version is
+  compared with), and judged during its probation after an activation (not
+  after the guard's own rollback: the cooldown protects against flapping).
+  The probation's end is persisted, so a restart goes on judging it;
 - the canary, against the same rules, with the active version's live p99 as
   its latency baseline; promoted after a healthy span;
 - the shadow (see `shadow.py`), by agreement with the active version.
+Each candidate run gets a fresh window: it is judged on its own evidence only.
 
-Nothing automatic happens on a pinned model, within a model's cooldown, or
-when the previous version is not warm (an event says so, once).
+An action (rollback, canary abort or promotion) is scheduled as a task, so no
+request waits for it. Nothing automatic happens on a pinned model, within a
+model's cooldown, or when the previous version is not warm (an event says so).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +35,7 @@ from sidecar.guard.rules import GuardSettings, Verdict, judge
 from sidecar.guard.window import OutcomeWindow
 from sidecar.manager.entry import ModelEntry
 from sidecar.manager.manager import ModelManager
+from sidecar.manager.servable import Servable
 from sidecar.manager.version import ModelVersion, Phase
 
 log = logging.getLogger("sidecar.guard")
@@ -40,14 +47,28 @@ _LATENCY_EVERY = 16  # observations between latency checks (a sort of the window
 SettingsSource = Callable[[str], dict[str, Any]]
 
 
+class Watch:
+    """The guard's window on one session; the session's observer."""
+
+    __slots__ = ("_guard", "servable", "window")
+
+    def __init__(self, guard: Guard, servable: Servable, window: OutcomeWindow) -> None:
+        self._guard = guard
+        self.servable = servable
+        self.window = window
+
+    def observe(self, ok: bool, latency_ns: int) -> None:
+        self._guard.observed(self, ok, latency_ns)
+
+
 @dataclass(slots=True)
 class ModelGuard:
     settings: GuardSettings
-    watched: ModelVersion | None = None  # the active version on probation
-    probation_until: float = 0.0
+    watched: Servable | None = None  # the active version on probation
     baseline: tuple[float, int] = (0.0, 0)  # previous version's p99 ns, samples
-    cooldown_until: float = 0.0
+    cooldown_until: float = 0.0  # monotonic
     pending: bool = False  # an action is scheduled
+    candidate: Servable | None = None  # the candidate run being judged
     canary_since: float = 0.0
     note: str = ""  # the last thing the guard could not do, for status
     counts: dict[str, int] = field(default_factory=dict)
@@ -55,19 +76,23 @@ class ModelGuard:
 
 class Guard:
     def __init__(self, manager: ModelManager, *, defaults: GuardSettings,
-                 settings_source: SettingsSource, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 settings_source: SettingsSource, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self._manager = manager
         self._defaults = defaults
+        #: --no-guard: off for every model, whatever a model's file says.
+        self._master = defaults.enabled
         self._source = settings_source
         self._clock = clock
+        self._wall = wall_clock
         self._models: dict[str, ModelGuard] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         manager.add_swap_hook(self.on_swap)
 
     # ---- settings ----------------------------------------------------------------
 
-    def settings_for(self, model: str) -> GuardSettings:
+    def settings_for(self, model: str, overrides: dict[str, str] | None = None
+                     ) -> GuardSettings:
         """Defaults, then the model's sidecar.json "guard", then commands' overrides."""
         entry = self._manager.entry(model)
         settings = self._defaults
@@ -78,7 +103,11 @@ class Guard:
             except ValueError as exc:
                 log.error("bad guard settings in the model's file; ignored",
                           extra={"model": model, "reason": str(exc)})
-        return settings.updated(entry.guard) if entry.guard else settings
+        given = entry.guard if overrides is None else overrides
+        settings = settings.updated(given) if given else settings
+        if not self._master and settings.enabled:
+            settings = settings.updated({"enabled": False})
+        return settings
 
     def model(self, name: str) -> ModelGuard:
         guard = self._models.get(name)
@@ -89,7 +118,9 @@ class Guard:
     def reload(self, name: str) -> GuardSettings:
         """Re-read a model's settings (after a change by command or file)."""
         guard = self.model(name)
-        guard.settings = self.settings_for(name)
+        was_enabled, guard.settings = guard.settings.enabled, self.settings_for(name)
+        if was_enabled != guard.settings.enabled and self._manager.has_model(name):
+            self._rewatch(self._manager.entry(name))
         return guard.settings
 
     def reload_changed(self, name: str) -> dict[str, str]:
@@ -98,71 +129,122 @@ class Guard:
         after = self.reload(name)
         return {k: str(v) for k, v in after.to_dict().items() if before.to_dict()[k] != v}
 
-    def _window(self, settings: GuardSettings) -> OutcomeWindow:
-        return OutcomeWindow(settings.window_requests, settings.window_s)
+    # ---- windows -------------------------------------------------------------------
 
-    # ---- hooks from the manager and the data plane -----------------------------
+    def _watch(self, servable: Servable, settings: GuardSettings, *, fresh: bool) -> Watch:
+        watch = servable.observer
+        if isinstance(watch, Watch) and not fresh:
+            return watch
+        watch = Watch(self, servable, OutcomeWindow(settings.window_requests,
+                                                    settings.window_s))
+        servable.observer = watch
+        return watch
+
+    @staticmethod
+    def window_of(servable: Servable | None) -> OutcomeWindow | None:
+        watch = servable.observer if servable is not None else None
+        return watch.window if isinstance(watch, Watch) else None
+
+    def watches(self) -> Iterator[Watch]:
+        """Every window the guard keeps (for metrics)."""
+        for entry in self._manager.entries():
+            for version in entry.serving.loaded.values():
+                servable = version.servable
+                if servable is not None and isinstance(servable.observer, Watch):
+                    yield servable.observer
+
+    def _rewatch(self, entry: ModelEntry) -> None:
+        """Watch exactly what serves (nothing at all while the guard is off)."""
+        guard = self.model(entry.name)
+        serving = entry.serving
+        wanted = {v.servable for v in (serving.active, serving.canary, serving.shadow)
+                  if v is not None and v.servable is not None} if guard.settings.enabled else set()
+        for version in serving.loaded.values():
+            servable = version.servable
+            if servable is not None and servable not in wanted:
+                servable.observer = None
+        for servable in wanted:
+            self._watch(servable, guard.settings, fresh=False)
+        if not guard.settings.enabled:
+            guard.watched = guard.candidate = None
+
+    # ---- hooks from the manager ------------------------------------------------------
 
     def on_swap(self, entry: ModelEntry, before: ModelVersion | None, actor: str) -> None:
         """After a change of what serves: fresh windows, probation, latency baseline."""
         guard = self.model(entry.name)
-        now, serving = self._clock(), entry.serving
+        serving = entry.serving
+        if not guard.settings.enabled:
+            entry.probation_until = 0.0
+            self._rewatch(entry)
+            return
+        now = self._clock()
         active = serving.active
-        if active is not None and active is not before:
-            if before is not None and before.window is not None:
-                p99, samples = before.window.latency_percentile(99, now)
-                guard.baseline = (p99, samples)
-            active.window = self._window(guard.settings)
-            if actor == ACTOR or not guard.settings.enabled:
-                guard.watched = None  # no probation after the guard's own rollback
+        if active is not None and active is not before and active.servable is not None:
+            old = self.window_of(before.servable) if before is not None else None
+            guard.baseline = old.latency_percentile(99, now) if old else (0.0, 0)
+            self._watch(active.servable, guard.settings, fresh=True)
+            if actor == ACTOR:
+                guard.watched, entry.probation_until = None, 0.0  # no probation after it
             else:
-                guard.watched = active
-                guard.probation_until = now + guard.settings.probation_s
-        for candidate in (serving.canary, serving.shadow):
-            if candidate is not None and candidate.window is None:
-                candidate.window = self._window(guard.settings)
+                guard.watched = active.servable
+                entry.probation_until = self._wall() + guard.settings.probation_s
+        candidate = serving.canary or serving.shadow
+        servable = candidate.servable if candidate is not None else None
+        if servable is not guard.candidate:
+            guard.candidate = servable
+            if servable is not None:  # a new run: judged on its own evidence only
+                self._watch(servable, guard.settings, fresh=True)
                 guard.canary_since = now
+        self._rewatch(entry)
 
     def start(self) -> None:
-        """Watch windows for what serves after the restore (trusted: no probation)."""
+        """Watch what serves after the restore; a version restored while still on
+        probation goes on being judged (the rest of its probation)."""
+        wall = self._wall()
         for entry in self._manager.entries():
             guard = self.model(entry.name)
-            if entry.serving.active is not None and entry.serving.active.window is None:
-                entry.serving.active.window = self._window(guard.settings)
+            self._rewatch(entry)
+            active = entry.serving.active
+            if (guard.settings.enabled and active is not None
+                    and entry.probation_until > wall):
+                guard.watched = active.servable
+            else:
+                entry.probation_until = 0.0
 
     def nonfinite_check(self, model: str) -> bool:
         guard = self._models.get(model)
         return guard is not None and guard.settings.fail_on_nonfinite
 
-    def observe(self, version: ModelVersion, ok: bool, latency_ns: int) -> None:
-        """Record one server-side outcome; act (later) if a watched version is bad."""
-        window = version.window
-        if window is None:
-            return
+    # ---- judging -----------------------------------------------------------------------
+
+    def observed(self, watch: Watch, ok: bool, latency_ns: int) -> None:
+        """One server-side outcome of a watched session; act (later) if it is bad."""
         now = self._clock()
+        window, servable = watch.window, watch.servable
         window.record(now, ok, latency_ns)
-        guard = self._models.get(version.model)
-        if guard is None or guard.pending or not guard.settings.enabled:
+        guard = self._models.get(servable.model)
+        if guard is None or guard.pending:
             return
-        if version is guard.watched:
-            if now > guard.probation_until:
+        if servable is guard.watched:
+            entry = self._manager.entry(servable.model)
+            if self._wall() > entry.probation_until:
                 guard.watched = None  # trusted from now on
                 return
             verdict = self._judge(window, guard, now, guard.baseline)
             if verdict.bad:
-                self._schedule(guard, self._rollback(version, verdict, window))
+                self._schedule(guard, self._rollback(servable, verdict, window))
             return
-        serving = self._manager.entry(version.model).serving
-        if version is serving.canary:
-            active = serving.active
-            baseline = (active.window.latency_percentile(99, now)
-                        if active is not None and active.window is not None else (0.0, 0))
+        serving = self._manager.entry(servable.model).serving
+        if serving.canary is not None and servable is serving.canary.servable:
+            active = self.window_of(serving.active.servable if serving.active else None)
+            baseline = active.latency_percentile(99, now) if active else (0.0, 0)
             verdict = self._judge(window, guard, now, baseline)
             if verdict.bad:
-                self._schedule(guard, self._abort(version, verdict, window))
+                self._schedule(guard, self._abort(servable, verdict, window))
             elif (window.total >= guard.settings.canary_promote_requests
                   and now - guard.canary_since >= guard.settings.canary_promote_s):
-                self._schedule(guard, self._promote(version, window))
+                self._schedule(guard, self._promote(servable, window))
 
     def _judge(self, window: OutcomeWindow, guard: ModelGuard, now: float,
                baseline: tuple[float, int]) -> Verdict:
@@ -200,52 +282,57 @@ class Guard:
                        window=f"{settings.window_requests} requests / {settings.window_s:g} s")
         return details
 
-    async def _rollback(self, version: ModelVersion, verdict: Verdict, window: OutcomeWindow
+    async def _rollback(self, servable: Servable, verdict: Verdict, window: OutcomeWindow
                         ) -> None:
-        model, m = version.model, self._manager
+        model, m = servable.model, self._manager
         guard, now = self.model(model), self._clock()
         entry = m.entry(model)
-        if entry.serving.active is not version:
+        active = entry.serving.active
+        if active is None or active.servable is not servable:
             return  # something else changed it meanwhile
+        previous = entry.serving.previous
         why = ""
         if entry.pinned:
             why = "the model is pinned"
         elif now < guard.cooldown_until:
             why = f"cooldown: {guard.cooldown_until - now:.0f} s left"
-        elif entry.serving.previous is None or entry.serving.previous.phase is not Phase.READY:
+        elif previous is None or previous.phase is not Phase.READY:
             why = "no previous version is warm"
+        elif previous.digest in m.quarantine:
+            why = f"the previous version {previous.number} is quarantined"
         if why:
-            guard.watched, guard.note = None, f"version {version.number} is bad but not" \
+            guard.watched, guard.note = None, f"version {servable.number} is bad but not" \
                 f" rolled back ({why}): {verdict.evidence}"
             await m.note(model, "guard-held", actor=ACTOR, reason=guard.note,
-                         version=version.number)
+                         version=servable.number)
             return
         details = self._evidence(window, verdict, guard.settings)
-        await m.rollback(model, actor=ACTOR, expected_active=str(version.number),
+        await m.rollback(model, actor=ACTOR, expected_active=str(servable.number),
                          reason=f"{verdict.rule}: {verdict.evidence}", details=details)
         guard.cooldown_until = self._clock() + guard.settings.cooldown_s
         guard.counts["rollbacks"] = guard.counts.get("rollbacks", 0) + 1
-        await m.candidates.quarantine(model, version.digest, actor=ACTOR,
-                                      reason=f"rolled back by the guard: {verdict.rule}")
+        await m.quarantine_version(model, servable.digest, actor=ACTOR,
+                                   reason=f"rolled back by the guard: {verdict.rule}")
 
-    async def _abort(self, version: ModelVersion, verdict: Verdict, window: OutcomeWindow
+    async def _abort(self, servable: Servable, verdict: Verdict, window: OutcomeWindow
                      ) -> None:
-        model, m = version.model, self._manager
+        model, m = servable.model, self._manager
         guard = self.model(model)
         if m.entry(model).pinned:
-            guard.note = f"canary {version.number} is bad; model pinned: {verdict.evidence}"
+            guard.note = f"canary {servable.number} is bad; model pinned: {verdict.evidence}"
             return
         await m.candidates.abort(model, actor=ACTOR,
                                  reason=f"{verdict.rule}: {verdict.evidence}",
                                  details=self._evidence(window, verdict, guard.settings))
-        await m.candidates.quarantine(model, version.digest, actor=ACTOR,
-                                      reason=f"canary aborted by the guard: {verdict.rule}")
+        await m.quarantine_version(model, servable.digest, actor=ACTOR,
+                                   reason=f"canary aborted by the guard: {verdict.rule}")
 
-    async def _promote(self, version: ModelVersion, window: OutcomeWindow) -> None:
-        model, m = version.model, self._manager
+    async def _promote(self, servable: Servable, window: OutcomeWindow) -> None:
+        model, m = servable.model, self._manager
         guard = self.model(model)
         stats = window.stats(self._clock())
-        if m.entry(model).serving.canary is not version or m.entry(model).pinned:
+        canary = m.entry(model).serving.canary
+        if canary is None or canary.servable is not servable or m.entry(model).pinned:
             return
         await m.candidates.promote(
             model, actor=ACTOR,
@@ -256,15 +343,22 @@ class Guard:
         guard, now = self.model(model), self._clock()
         out = {"enabled": str(guard.settings.enabled).lower(), "note": guard.note}
         if guard.watched is not None:
+            entry = self._manager.entry(model)
             out["probation_version"] = str(guard.watched.number)
-            out["probation_left_s"] = f"{max(0.0, guard.probation_until - now):.0f}"
-            if guard.watched.window is not None:
-                out.update({f"window_{k}": v for k, v in
-                            guard.watched.window.stats(now).describe().items()})
+            out["probation_left_s"] = f"{max(0.0, entry.probation_until - self._wall()):.0f}"
+            window = self.window_of(guard.watched)
+            if window is not None:
+                out.update({f"window_{k}": v for k, v in window.stats(now).describe().items()})
         if now < guard.cooldown_until:
             out["cooldown_left_s"] = f"{guard.cooldown_until - now:.0f}"
         out.update({k: str(v) for k, v in guard.counts.items()})
         return out
+
+    async def idle(self) -> int:
+        """Wait for every scheduled action to finish; how many there were."""
+        tasks = list(self._tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -1,7 +1,8 @@
 """Shadow traffic: copies of requests run on a candidate, off the request path.
 
-The request path only offers a copy (`offer`, never awaits): when the bounded
-queue is full the copy is dropped and counted. One worker runs the candidate
+The request path only offers a copy (`offer`, never awaits): when the model's
+copies waiting reach its `shadow_queue` setting, the copy is dropped and
+counted. One worker runs the candidate
 in a thread of its own, compares its outputs with what the active version
 answered, and records agreement in the candidate's window. Too much
 disagreement rejects the candidate (abort, quarantine, event with the figures);
@@ -26,7 +27,7 @@ import numpy as np
 from sidecar.errors import ModelExecutionError, SidecarError
 from sidecar.guard.guard import ACTOR, Guard
 from sidecar.manager.manager import ModelManager
-from sidecar.manager.version import ModelVersion, Phase
+from sidecar.manager.servable import Servable
 
 log = logging.getLogger("sidecar.shadow")
 
@@ -53,6 +54,7 @@ def agree(primary: Sequence[np.ndarray], candidate: Sequence[np.ndarray], *, ato
 @dataclass(slots=True)
 class ShadowCounts:
     version: int = 0
+    run: object = None  # the guard's window of this shadow run
     compared: int = 0
     disagreed: int = 0
     dropped: int = 0
@@ -60,35 +62,40 @@ class ShadowCounts:
     since: float = field(default_factory=time.monotonic)
 
 
-_Copy = tuple[ModelVersion, Mapping[str, np.ndarray], list[str], list[np.ndarray]]
+_Copy = tuple[Servable, Mapping[str, np.ndarray], list[str], list[np.ndarray]]
 
 
 class ShadowMirror:
-    def __init__(self, manager: ModelManager, guard: Guard, *, queue_size: int = 64) -> None:
+    def __init__(self, manager: ModelManager, guard: Guard) -> None:
         self._manager = manager
         self._guard = guard
-        self._queue: asyncio.Queue[_Copy] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[_Copy] = asyncio.Queue()
+        self._waiting: dict[str, int] = {}  # model -> copies queued
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
         self.counts: dict[str, ShadowCounts] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def counts_for(self, model: str, version: int) -> ShadowCounts:
-        """The counts of the model's current shadow (fresh for a new shadow)."""
+    def counts_for(self, model: str, shadow: Servable) -> ShadowCounts:
+        """The counts of the model's current shadow run (fresh for a new run)."""
         counts = self.counts.get(model)
-        if counts is None or counts.version != version:
-            counts = self.counts[model] = ShadowCounts(version)
+        run = self._guard.window_of(shadow)
+        if counts is None or counts.run is not run:
+            counts = self.counts[model] = ShadowCounts(shadow.number, run)
         return counts
 
     def offer(self, model: str, feeds: Mapping[str, np.ndarray], names: list[str],
               outputs: list[np.ndarray]) -> None:
-        """Queue a copy for the model's shadow, if it has one; never waits."""
+        """Queue a copy for the model's shadow, if it has one being judged; never waits."""
         shadow = self._manager.entry(model).serving.shadow
-        if shadow is None:
+        servable = shadow.servable if shadow is not None else None
+        if servable is None or self._guard.window_of(servable) is None:
             return
-        try:
-            self._queue.put_nowait((shadow, feeds, names, outputs))
-        except asyncio.QueueFull:
-            self.counts_for(model, shadow.number).dropped += 1
+        waiting = self._waiting.get(model, 0)
+        if waiting >= self._guard.model(model).settings.shadow_queue:
+            self.counts_for(model, servable).dropped += 1
+            return
+        self._waiting[model] = waiting + 1
+        self._queue.put_nowait((servable, feeds, names, outputs))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._work(), name="shadow")
@@ -97,14 +104,14 @@ class ShadowMirror:
         loop = asyncio.get_running_loop()
         while True:
             shadow, feeds, names, outputs = await self._queue.get()
-            if shadow.phase is not Phase.READY or shadow.loaded is None:
+            self._waiting[shadow.model] -= 1
+            if shadow.closed or self._guard.window_of(shadow) is None:
                 continue  # aborted or promoted meanwhile
-            counts = self.counts_for(shadow.model, shadow.number)
+            counts = self.counts_for(shadow.model, shadow)
             shadow.inflight += 1  # so an abort drains before closing it
             start = time.perf_counter_ns()
             try:
-                answer = await loop.run_in_executor(self._pool, shadow.loaded.runner.run,
-                                                    feeds, names)
+                answer = await loop.run_in_executor(self._pool, shadow.runner.run, feeds, names)
                 settings = self._guard.model(shadow.model).settings
                 same = agree(outputs, answer, atol=settings.shadow_atol,
                              rtol=settings.shadow_rtol)
@@ -115,16 +122,18 @@ class ShadowMirror:
                 shadow.release()
             counts.compared += 1
             counts.disagreed += 0 if same else 1
-            if shadow.window is not None:
-                shadow.window.record(time.monotonic(), same, time.perf_counter_ns() - start)
+            window = self._guard.window_of(shadow)
+            if window is not None:
+                window.record(time.monotonic(), same, time.perf_counter_ns() - start)
             try:
                 await self._judge(shadow, counts)
             except SidecarError as exc:
                 log.warning("shadow verdict not applied", extra={"reason": str(exc)})
 
-    async def _judge(self, shadow: ModelVersion, counts: ShadowCounts) -> None:
-        window, m = shadow.window, self._manager
-        if window is None or m.entry(shadow.model).serving.shadow is not shadow:
+    async def _judge(self, shadow: Servable, counts: ShadowCounts) -> None:
+        window, m = self._guard.window_of(shadow), self._manager
+        current = m.entry(shadow.model).serving.shadow
+        if window is None or current is None or current.servable is not shadow:
             return
         settings = self._guard.model(shadow.model).settings
         stats = window.stats(time.monotonic())
@@ -136,13 +145,12 @@ class ShadowMirror:
                 and stats.error_ratio > settings.shadow_max_disagreement):
             reason = (f"shadow disagrees on {stats.failures} of {stats.requests} requests"
                       f" ({stats.error_ratio:.1%} > {settings.shadow_max_disagreement:.1%})")
-            shadow.window = None  # one verdict
+            shadow.observer = None  # one verdict
             await m.candidates.abort(shadow.model, actor=ACTOR, reason=reason, details=figures)
-            await m.candidates.quarantine(shadow.model, shadow.digest, actor=ACTOR,
-                                          reason=reason)
+            await m.quarantine_version(shadow.model, shadow.digest, actor=ACTOR, reason=reason)
         elif (settings.shadow_promote and window.total >= settings.canary_promote_requests
               and time.monotonic() - counts.since >= settings.canary_promote_s):
-            shadow.window = None
+            shadow.observer = None
             await m.candidates.promote(shadow.model, actor=ACTOR,
                                        reason=f"shadow agrees: {figures['disagreement']}"
                                        " disagreement")

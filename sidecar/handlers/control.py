@@ -43,6 +43,8 @@ class ModelView:
     canary_weight: float = 0.0
     shadow: Ref | None = None
     guard_note: str = ""
+    #: Why the last canary or shadow ended (superseded, aborted, a restart).
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +124,7 @@ class ControlPlane:
         return ModelView(entry.name, _ref(serving.active), _ref(serving.previous), entry.pinned,
                          serving.active is not None, tuple(sorted(serving.loaded)),
                          len(entry.versions), _ref(serving.canary), serving.canary_weight,
-                         _ref(serving.shadow), note)
+                         _ref(serving.shadow), note, entry.note)
 
     def models(self) -> list[ModelView]:
         return [self.model_view(e) for e in self._manager.entries()]
@@ -145,7 +147,9 @@ class ControlPlane:
             ctime=identity.ctime_ns / 1e9 if identity else 0.0,
             loaded_at=version.loaded_at if version.loaded else 0.0,
             activated_at=version.activated_at, path=str(version.path),
-            state=entry.state_of(version), reason=version.reason,
+            state=entry.state_of(version),
+            reason=version.reason or self._manager.quarantine.get(digest, "")
+            or entry.skipped_reason(version),
             inputs=signature.inputs if signature else (),
             outputs=signature.outputs if signature else (),
             requests=stats.execution_count, errors=stats.fail.count,
@@ -172,11 +176,11 @@ class ControlPlane:
             model, ref, actor=check_actor(actor, "rpc"), expected_active=expected_active,
             force=force, reason=reason)
 
-    async def rollback(self, model: str, *, actor: str, expected_active: str, reason: str
-                       ) -> SwapResult:
+    async def rollback(self, model: str, *, actor: str, expected_active: str, reason: str,
+                       force: bool = False) -> SwapResult:
         return await self._manager.rollback(
             model, actor=check_actor(actor, "rpc"), expected_active=expected_active,
-            reason=reason)
+            force=force, reason=reason)
 
     async def unload(self, model: str, ref: str, *, actor: str, reason: str) -> None:
         await self._manager.unload(model, ref, actor=check_actor(actor, "rpc"), reason=reason)
@@ -205,16 +209,13 @@ class ControlPlane:
         guard = self._need_guard()
         entry = self._manager.entry(model)
         merged = {} if reset else dict(entry.guard)
-        merged.update(changes)
+        merged.update({k: str(v) for k, v in changes.items()})
         try:
-            guard.settings_for(model).updated(merged)  # validate before keeping
+            guard.settings_for(model, merged)  # validate before keeping
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from exc
-        entry.guard = merged
+        await self._manager.set_guard(model, merged, actor=check_actor(actor, "rpc"))
         guard.reload(model)
-        await self._manager.journal.commit(self._manager.events.make(
-            model, "guard-settings", check_actor(actor, "rpc"),
-            details={k: str(v) for k, v in merged.items()}))
         return self.guard_view(model)
 
     async def start_candidate(self, model: str, ref: str, *, kind: str, weight_percent: float,
@@ -227,13 +228,8 @@ class ControlPlane:
         return CandidateView(model, Ref(version.number, version.digest), kind, {})
 
     async def promote(self, model: str, *, actor: str, reason: str) -> SwapResult:
-        entry = self._manager.entry(model)
-        before = entry.serving.active
-        await self._manager.candidates.promote(model, actor=check_actor(actor, "rpc"),
-                                               reason=reason)
-        after = entry.serving.active
-        assert after is not None
-        return SwapResult(model, before, after, 0, 0)
+        return await self._manager.candidates.promote(model, actor=check_actor(actor, "rpc"),
+                                                      reason=reason)
 
     async def abort(self, model: str, *, actor: str, reason: str) -> CandidateView:
         serving = self._manager.entry(model).serving
@@ -245,28 +241,30 @@ class ControlPlane:
 
     def shadow_figures(self, model: str) -> dict[str, str]:
         shadow = self._manager.entry(model).serving.shadow
-        if self._mirror is None or shadow is None:
+        if self._mirror is None or shadow is None or shadow.servable is None:
             return {}
-        counts = self._mirror.counts_for(model, shadow.number)
+        counts = self._mirror.counts_for(model, shadow.servable)
         return {"compared": str(counts.compared), "disagreed": str(counts.disagreed),
                 "dropped": str(counts.dropped), "failed": str(counts.failed)}
 
     async def quarantine(self, model: str, ref: str, *, actor: str, reason: str
                          ) -> tuple[str, dict[str, str]]:
-        digest = await self._manager.candidates.quarantine(
+        digest = await self._manager.quarantine_version(
             model, ref, actor=check_actor(actor, "rpc"), reason=reason)
         return digest, dict(self._manager.quarantine)
 
     async def unquarantine(self, prefix: str, *, actor: str, reason: str
                            ) -> tuple[str, dict[str, str]]:
-        digest = await self._manager.candidates.unquarantine(
+        digest = await self._manager.unquarantine(
             prefix, actor=check_actor(actor, "rpc"), reason=reason)
         return digest, dict(self._manager.quarantine)
 
-    def events(self, *, after: int, limit: int, model: str) -> tuple[list[Event], int]:
+    async def events(self, *, after: int, limit: int, model: str) -> tuple[list[Event], int]:
+        """One page of history (also cut at ~1 MiB of events) and the last seq."""
         limit = min(limit or 100, MAX_PAGE)
         log = self._manager.events
-        return log.page(after=after, limit=limit, model=model), log.last_seq
+        page = await log.page_async(after=after, limit=limit, model=model)
+        return page, log.last_seq
 
     async def watch(self, *, after: int, model: str) -> AsyncIterator[Event]:
         """History after `after`, then live events, with no gap and no repeat."""
@@ -274,13 +272,13 @@ class ControlPlane:
         subscription = log.subscribe()  # before the history: nothing falls between
         try:
             last = after
-            while True:
-                page = log.page(after=last, limit=MAX_PAGE, model=model)
+            while True:  # a page may be cut by size: read until one comes back empty
+                page = await log.page_async(after=last, limit=MAX_PAGE, model=model)
+                if not page:
+                    break
                 for event in page:
                     yield event
                     last = event.seq
-                if len(page) < MAX_PAGE:
-                    break
             while True:
                 live = await subscription.next()
                 if live is None and subscription.overflowed:

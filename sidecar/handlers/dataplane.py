@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TypeVar
 
 import numpy as np
 
 from sidecar import __version__
 from sidecar.errors import InvalidInputError, ModelExecutionError, NotFoundError
-from sidecar.guard.guard import Guard
 from sidecar.guard.shadow import ShadowMirror
 from sidecar.handlers.types import (
     IndexEntry,
@@ -30,12 +31,13 @@ from sidecar.handlers.types import (
 from sidecar.loader.onnx import Runner
 from sidecar.loader.signature import Signature
 from sidecar.manager.manager import ModelManager
-from sidecar.manager.version import ModelVersion
+from sidecar.manager.servable import Servable
 from sidecar.source.repository import parse_version
 
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "sidecar"
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "health", "reflection")
+T = TypeVar("T")
 
 
 class DataPlane:
@@ -46,12 +48,13 @@ class DataPlane:
         *,
         inline_max_us: int = 1000,
         strict_readiness: bool = True,
-        guard: Guard | None = None,
+        nonfinite: Callable[[str], bool] | None = None,
         mirror: ShadowMirror | None = None,
     ) -> None:
         self._manager = manager
         self._executor = executor
-        self._guard = guard
+        #: model -> whether non-finite outputs count as failures (the guard's setting)
+        self._nonfinite = nonfinite
         self._mirror = mirror
         self._inline_max_ns = inline_max_us * 1000
         self._strict = strict_readiness
@@ -78,15 +81,10 @@ class DataPlane:
     def model_ready(self, model: str, version: str) -> bool:
         return self._manager.is_ready(model, version)
 
-    def _metadata_version(self, model: str, version: str) -> ModelVersion:
+    def model_metadata(self, model: str, version: str) -> ModelMetadata:
         handle = self._manager.acquire(model, version)
         handle.release()  # only the signature is read; no drain needed for that
-        return handle
-
-    def model_metadata(self, model: str, version: str) -> ModelMetadata:
-        chosen = self._metadata_version(model, version)
-        assert chosen.loaded is not None
-        signature = chosen.loaded.signature
+        signature = handle.signature
         entry = self._manager.entry(model)
         versions = [str(n) for n in sorted(entry.serving.loaded)]
         return ModelMetadata(model, versions, PLATFORM, signature.inputs, signature.outputs)
@@ -99,7 +97,8 @@ class DataPlane:
                 state = entry.state_of(version)
                 if ready_only and entry.serving.role(version) is None:
                     continue
-                rows.append(IndexEntry(entry.name, str(number), state, version.reason))
+                reason = version.reason or entry.skipped_reason(version)
+                rows.append(IndexEntry(entry.name, str(number), state, reason))
         return rows
 
     def statistics(self, model: str, version: str) -> list[VersionStatistics]:
@@ -123,6 +122,8 @@ class DataPlane:
                     entry.name, str(v.number), s.last_inference_ms, s.inference_count,
                     s.execution_count, (s.success.count, s.success.ns),
                     (s.fail.count, s.fail.ns), (s.compute_infer.count, s.compute_infer.ns),
+                    (s.queue.count, s.queue.ns), (s.compute_input.count, s.compute_input.ns),
+                    (s.compute_output.count, s.compute_output.ns),
                 ))
         return rows
 
@@ -138,66 +139,75 @@ class DataPlane:
 
     # ---- inference -------------------------------------------------------------
 
-    def _failed(self, version: ModelVersion, start: int) -> None:
-        """A server-side failure: counted, and told to the guard."""
+    @staticmethod
+    def _failed(handle: Servable, start: int) -> None:
+        """A server-side failure: counted, and told to the observer (the guard)."""
         elapsed = time.perf_counter_ns() - start
-        version.stats.record_failure(elapsed)
-        if self._guard is not None:
-            self._guard.observe(version, False, elapsed)
+        handle.stats.record_failure(elapsed)
+        if handle.observer is not None:
+            handle.observer.observe(False, elapsed)
 
-    async def infer(self, request: InferRequest) -> InferResult:
+    async def infer(self, request: InferRequest, encode: Callable[[InferResult], T]) -> T:
+        """Run one request on the session it names (or the active one's) and return
+        its answer as `encode` makes it (timed as the version's compute_output)."""
         start = time.perf_counter_ns()
-        version = self._manager.acquire(request.model, request.version)
+        handle = self._manager.acquire(request.model, request.version)
         try:
-            assert version.loaded is not None  # a READY version in serving is loaded
-            signature = version.loaded.signature
-            feeds = _validated_feeds(version, signature, request.inputs)
-            names = _requested_outputs(version, signature, request.outputs)
-            runner = version.loaded.runner
-            stats = version.stats
+            signature = handle.signature
+            feeds = _validated_feeds(handle, signature, request.inputs)
+            names = _requested_outputs(handle, signature, request.outputs)
+            stats = handle.stats
             elements = sum(t.data.size for t in request.inputs) or 1
             try:
                 # Inline only when this request is predicted short: a large batch on a
                 # model that is usually fast still goes to the pool.
                 if stats.ns_per_element * elements < self._inline_max_ns:
-                    arrays, infer_ns = _timed_run(runner, feeds, names)
+                    arrays, infer_ns, _ = _timed_run(handle.runner, feeds, names)
+                    queued_ns = 0
                 else:
                     loop = asyncio.get_running_loop()
-                    # Timed inside the worker: waiting for a thread is not compute.
-                    arrays, infer_ns = await loop.run_in_executor(
-                        self._executor, _timed_run, runner, feeds, names)
+                    submitted = time.perf_counter_ns()
+                    arrays, infer_ns, began = await loop.run_in_executor(
+                        self._executor, _timed_run, handle.runner, feeds, names)
+                    queued_ns = began - submitted
             except ModelExecutionError as exc:
-                self._failed(version, start)
-                raise ModelExecutionError(f"{version.label} failed: {exc}") from exc
-            guard = self._guard
-            if guard is not None and guard.nonfinite_check(version.model):
+                self._failed(handle, start)
+                raise ModelExecutionError(f"{handle.label} failed: {exc}") from exc
+            if self._nonfinite is not None and self._nonfinite(handle.model):
                 bad = _non_finite(names, arrays)
                 if bad:
-                    self._failed(version, start)
-                    raise ModelExecutionError(f"{version.label} produced non-finite values"
+                    self._failed(handle, start)
+                    raise ModelExecutionError(f"{handle.label} produced non-finite values"
                                               f" in output '{bad}'")
             end = time.perf_counter_ns()
             first = request.inputs[0].shape if request.inputs else ()
             stats.record_success(end - start, infer_ns, first[0] if first else 1, elements)
-            if guard is not None:
-                guard.observe(version, True, end - start)
+            stats.compute_input.add(request.decode_ns)
+            if queued_ns:
+                stats.queue.add(queued_ns)
+            if handle.observer is not None:
+                handle.observer.observe(True, end - start)
                 if self._mirror is not None and not request.version:
-                    self._mirror.offer(version.model, feeds, names, arrays)
+                    self._mirror.offer(handle.model, feeds, names, arrays)
             output_specs = signature.output_by_name
             outputs = [
                 InferOutput(name, output_specs[name].datatype, array)
                 for name, array in zip(names, arrays, strict=True)
             ]
-            return InferResult(request.model, str(version.number), request.id, outputs)
+            result = InferResult(request.model, str(handle.number), request.id, outputs)
+            encoded = encode(result)
+            stats.compute_output.add(time.perf_counter_ns() - end)
+            return encoded
         finally:
-            version.release()
+            handle.release()
 
 
 def _timed_run(runner: Runner, feeds: dict[str, np.ndarray], names: list[str]
-               ) -> tuple[list[np.ndarray], int]:
-    start = time.perf_counter_ns()
+               ) -> tuple[list[np.ndarray], int, int]:
+    """Run in the calling thread: (outputs, compute ns, when compute began)."""
+    began = time.perf_counter_ns()
     arrays = runner.run(feeds, names)
-    return arrays, time.perf_counter_ns() - start
+    return arrays, time.perf_counter_ns() - began, began
 
 
 def _non_finite(names: list[str], arrays: list[np.ndarray]) -> str:
@@ -209,7 +219,7 @@ def _non_finite(names: list[str], arrays: list[np.ndarray]) -> str:
 
 
 def _validated_feeds(
-    version: ModelVersion, signature: Signature, inputs: list[InferInput]
+    version: Servable, signature: Signature, inputs: list[InferInput]
 ) -> dict[str, np.ndarray]:
     specs = signature.input_by_name
     feeds: dict[str, np.ndarray] = {}
@@ -247,7 +257,7 @@ def _validated_feeds(
 
 
 def _requested_outputs(
-    version: ModelVersion, signature: Signature, requested: list[str]
+    version: Servable, signature: Signature, requested: list[str]
 ) -> list[str]:
     if not requested:
         return list(signature.output_names)

@@ -24,6 +24,7 @@ class InferRequest:
     id: str = ""
     inputs: list[InferInput] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # [] = all, in signature order
+    decode_ns: int = 0  # time the rpc layer took to decode the tensors
 
 
 @dataclass(slots=True)
@@ -68,3 +69,6 @@ class VersionStatistics:
     success: tuple[int, int]  # (count, ns)
     fail: tuple[int, int]
     compute_infer: tuple[int, int]
+    queue: tuple[int, int] = (0, 0)
+    compute_input: tuple[int, int] = (0, 0)
+    compute_output: tuple[int, int] = (0, 0)

@@ -1,71 +1,31 @@
-"""Candidates beside the active version, and the quarantine.
+"""Candidates beside the active version, and lifting a quarantine.
 
 - canary: a version that takes a fraction of the requests naming no version;
 - shadow: a version that gets a copy of requests off the request path, its
-  answers compared with the active version's and never returned;
-- quarantine: digests that neither the watcher nor the guard may activate
-  (an automatic rollback quarantines the version it rolled back from).
+  answers compared with the active version's and never returned.
 
-One candidate per model at a time. Starting one loads and warms it first,
-checks its signature against the active version's (unless forced), then sets
-it in the serving state in one assignment, like a swap. Ending one (abort)
-takes it out first and unloads it after it drains.
+One candidate per model at a time. Starting one admits it (the same path as
+activate: not quarantined, loads, warm-up, compatible) and sets it in the
+serving state in one assignment. Ending one (abort) takes it out of its
+candidate role; whether it stays loaded is the warm budget's call, so the
+warm previous version tried as a canary stays the warm previous version.
+Activate and rollback end a running candidate as superseded (`commands.py`).
 """
 
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from sidecar.errors import FailedPreconditionError, InvalidInputError, NotFoundError
-from sidecar.manager.compat import incompatibilities
-from sidecar.manager.entry import ModelEntry
-from sidecar.manager.version import ModelVersion, Phase
-
-if TYPE_CHECKING:
-    from sidecar.manager.manager import ModelManager
+from sidecar.manager.commands import Change, Commands, Parts, check_pin
+from sidecar.manager.entry import SwapResult
+from sidecar.manager.version import ModelVersion
 
 
 class Candidates:
-    def __init__(self, manager: ModelManager) -> None:
-        self._m = manager
-
-    async def _prepare(self, entry: ModelEntry, ref: str, *, actor: str, force: bool
-                       ) -> ModelVersion:
-        m = self._m
-        version = await m.resolve(entry, ref)
-        identity = await m.identify(version)
-        digest = identity.digest if identity else version.digest
-        if digest in m.quarantine and not force:
-            raise FailedPreconditionError(
-                f"{version.label} is quarantined ({m.quarantine[digest]});"
-                " unquarantine it or use force")
-        if not await m.loading.ensure(version, actor):
-            raise FailedPreconditionError(f"{version.label} cannot be loaded: {version.reason}")
-        return version
-
-    def _check(self, entry: ModelEntry, version: ModelVersion, *, force: bool) -> None:
-        serving = entry.serving
-        if serving.active is None:
-            raise FailedPreconditionError(f"model '{entry.name}' has no active version")
-        if version is serving.active:
-            raise FailedPreconditionError(f"{version.label} is already active")
-        if serving.canary is not None or serving.shadow is not None:
-            current = serving.canary or serving.shadow
-            assert current is not None
-            raise FailedPreconditionError(
-                f"model '{entry.name}' already has a candidate (version {current.number});"
-                " promote or abort it first")
-        if version.phase is not Phase.READY:
-            raise FailedPreconditionError(f"{version.label} was unloaded meanwhile")
-        if not force:
-            assert serving.active.loaded is not None and version.loaded is not None
-            problems = incompatibilities(serving.active.loaded.signature,
-                                         version.loaded.signature)
-            if problems:
-                raise FailedPreconditionError(
-                    f"{version.label} is not compatible with active version"
-                    f" {serving.active.number}: {'; '.join(problems)} (force to use anyway)")
+    def __init__(self, parts: Parts, commands: Commands) -> None:
+        self._p = parts
+        self._commands = commands
 
     async def start(self, model: str, ref: str, *, kind: str, weight: float = 0.0,
                     actor: str, reason: str = "", force: bool = False) -> ModelVersion:
@@ -73,88 +33,95 @@ class Candidates:
         if kind == "canary" and not 0 < weight < 1:
             raise InvalidInputError(f"canary weight must be between 0 and 100 %, got"
                                     f" {weight * 100:g} %")
-        m = self._m
-        entry = m.entry(model)
-        m.check_pin(entry, actor)
-        version = await self._prepare(entry, ref, actor=actor, force=force)
+        p = self._p
+        entry = p.entry(model)
+        check_pin(entry, actor)
+        version = await p.refs.resolve(entry, ref)
+        await p.admission.prepare(version, actor, force=force)
         async with entry.lock:
+            serving = entry.serving
             try:
-                m.check_pin(entry, actor)
-                self._check(entry, version, force=force)
+                check_pin(entry, actor)
+                if serving.active is None:
+                    raise FailedPreconditionError(f"model '{model}' has no active version")
+                if version is serving.active:
+                    raise FailedPreconditionError(f"{version.label} is already active")
+                current = serving.canary or serving.shadow
+                if current is not None:
+                    raise FailedPreconditionError(
+                        f"model '{model}' already has a candidate (version {current.number});"
+                        " promote or abort it first")
+                p.admission.check_compatible(version, serving.active, force=force)
             except Exception:
-                if entry.serving.role(version) is None:
-                    await m.loading.unload(version)
+                if serving.role(version) is None:
+                    p.residency.retire([version])
                 raise
-            loaded = dict(entry.serving.loaded)
+            loaded = dict(serving.loaded)
             loaded[version.number] = version
             if kind == "canary":
-                entry.serving = entry.serving.but(canary=version, canary_weight=weight,
-                                                  loaded=MappingProxyType(loaded))
+                entry.serving = serving.but(canary=version, canary_weight=weight,
+                                            loaded=MappingProxyType(loaded))
             else:
-                entry.serving = entry.serving.but(shadow=version,
-                                                  loaded=MappingProxyType(loaded))
-            version.held = False
-            m.swapped(entry, entry.serving.active, actor)
-            await m.journal.commit(m.events.make(
+                entry.serving = serving.but(shadow=version, loaded=MappingProxyType(loaded))
+            version.held, entry.note = False, ""
+            p.swapped(entry, serving.active, actor)
+            change = Change(p, entry)
+            change.submit(p.events.make(
                 model, kind, actor, reason, to_version=version.number, to_digest=version.digest,
                 details={"weight_percent": f"{weight * 100:g}"} if kind == "canary" else None))
-            await m.notify(entry)
+            await p.notify(entry)
+        await change.settle()
         return version
 
     async def abort(self, model: str, *, actor: str, reason: str = "",
                     details: dict[str, str] | None = None) -> ModelVersion:
-        """End the model's canary or shadow: out of serving at once, then unloaded."""
-        m = self._m
-        entry = m.entry(model)
+        """End the model's canary or shadow: out of its role at once; unloaded after
+        it drains unless it is still the warm previous version (or held)."""
+        p = self._p
+        entry = p.entry(model)
         async with entry.lock:
             serving = entry.serving
             version = serving.canary or serving.shadow
             if version is None:
                 raise FailedPreconditionError(f"model '{model}' has no canary or shadow")
             kind = "canary" if version is serving.canary else "shadow"
-            loaded = {n: v for n, v in serving.loaded.items() if v is not version}
-            entry.serving = serving.but(canary=None, canary_weight=0.0, shadow=None,
-                                        loaded=MappingProxyType(loaded))
-            await m.journal.commit(m.events.make(
+            change = Change(p, entry)
+            entry.serving = serving.but(canary=None, canary_weight=0.0, shadow=None)
+            p.swapped(entry, serving.active, actor)
+            change.dropped = p.residency.evict(entry)
+            entry.note = f"{kind} of version {version.number} ended by {actor}: {reason}"
+            change.submit(p.events.make(
                 model, f"{kind}-abort", actor, reason, from_version=version.number,
                 from_digest=version.digest, details=details))
-            await m.notify(entry)
-        await m.loading.unload(version)
+            await p.notify(entry)
+        await change.settle()
         return version
 
-    async def promote(self, model: str, *, actor: str, reason: str = "") -> None:
+    async def promote(self, model: str, *, actor: str, reason: str = "") -> SwapResult:
         """Make the model's canary or shadow the active version (a normal swap)."""
-        m = self._m
-        serving = m.entry(model).serving
+        serving = self._p.entry(model).serving
         version = serving.canary or serving.shadow
         if version is None:
             raise FailedPreconditionError(f"model '{model}' has no canary or shadow")
-        await m.activate(model, str(version.number), actor=actor,
-                         expected_active=str(serving.active.number) if serving.active else "",
-                         reason=reason or "candidate promoted")
-
-    async def quarantine(self, model: str, ref: str, *, actor: str, reason: str) -> str:
-        """Quarantine a version's digest (by version number or digest prefix)."""
-        m = self._m
-        entry = m.entry(model)
-        version = await m.resolve(entry, ref)
-        digest = version.digest or ((await m.identify(version)) or version).digest
-        if not digest:
-            raise NotFoundError(f"{version.label} has no readable file to quarantine")
-        m.quarantine[digest] = reason or f"quarantined by {actor}"
-        await m.journal.commit(m.events.make(model, "quarantine", actor, reason,
-                                             to_version=version.number, to_digest=digest))
-        return digest
+        return await self._commands.activate(
+            model, str(version.number), actor=actor,
+            expected_active=str(serving.active.number) if serving.active else "",
+            reason=reason or "candidate promoted")
 
     async def unquarantine(self, digest_prefix: str, *, actor: str, reason: str = "") -> str:
-        m = self._m
+        p = self._p
         text = digest_prefix.strip().lower()
-        matches = [d for d in m.quarantine if d.startswith(text)] if len(text) >= 12 else []
+        matches = [d for d in p.quarantine if d.startswith(text)] if len(text) >= 12 else []
         if len(matches) != 1:
             what = "no" if not matches else "several"
-            raise NotFoundError(f"{what} quarantined digest(s) match '{digest_prefix}'"
+            raise NotFoundError(f"{what} quarantined digest(s) match '{digest_prefix[:80]}'"
                                 " (give 12+ hex characters)")
-        del m.quarantine[matches[0]]
-        await m.journal.commit(m.events.make("", "unquarantine", actor, reason,
-                                             to_digest=matches[0]))
-        return matches[0]
+        digest = matches[0]
+        why = p.quarantine.pop(digest)
+        try:
+            await p.journal.commit(p.events.make("", "unquarantine", actor, reason,
+                                                 to_digest=digest))
+        except Exception:
+            p.quarantine[digest] = why
+            raise
+        return digest

@@ -22,12 +22,28 @@ class ModelEntry:
     watermark: int = 0
     #: Guard settings set by command (over the model's sidecar.json and defaults).
     guard: dict[str, str] = field(default_factory=dict)
+    #: Unix time until which the active version is on the guard's probation (0:
+    #: none); persisted, so a restart goes on judging it.
+    probation_until: float = 0.0
+    #: Why the last candidate (canary or shadow) ended, for `ctl status`.
+    note: str = ""
 
     def state_of(self, version: ModelVersion) -> str:
         """The state reported for a version: its role while READY, else its phase."""
         if version.phase is Phase.READY:
             return self.serving.role(version) or Phase.READY.name
         return version.phase.name
+
+    def skipped_reason(self, version: ModelVersion) -> str:
+        """Why a version above the active one on disk is not serving ("" if none)."""
+        active = self.serving.active
+        if (version.phase is not Phase.UNLOADED or active is None
+                or version.number <= active.number or version.number > self.watermark):
+            return ""
+        return (f"not activated automatically: version {version.number} is at or below the"
+                f" watermark {self.watermark} (a version the sidecar already handled, e.g."
+                f" rolled back from); activate it by command: sidecar ctl activate"
+                f" {self.name} {version.number}")
 
 
 @dataclass(frozen=True, slots=True)

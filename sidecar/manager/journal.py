@@ -2,7 +2,12 @@
 
 After each change the state file is replaced (temp, fsync, rename) and then the
 event line appended and fsynced, both on one I/O thread: the event loop never
-waits on the disk, and writes happen in the order the changes did.
+waits on the disk, and writes happen in the order they were submitted.
+
+A command submits its write *while it holds the model's lock* (so the journal
+order is the swap order) and awaits durability *after* releasing it: the next
+change of the same model (a guard rollback, say) never waits for the previous
+command's fsyncs, and every command is acknowledged only once it is on disk.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+from sidecar.errors import UnavailableError
 from sidecar.state.events import Event, EventLog
 from sidecar.state.store import SavedState, StateStore
 
@@ -23,27 +30,45 @@ class Journal:
         self._snapshot = snapshot
         self._io = ThreadPoolExecutor(1, thread_name_prefix="state-io")
 
+    def submit(self, event: Event | None) -> asyncio.Future[None]:
+        """Snapshot the serving state now and queue its write (then the event's);
+        the future is done once both are durable, or fails with the OS error."""
+        state = self._snapshot() if self._store is not None else None
+        return asyncio.get_running_loop().run_in_executor(self._io, self._write, state, event)
+
+    async def settle(self, pending: asyncio.Future[None], event: Event | None) -> None:
+        """Wait for a submitted write; publish its event once it is durable."""
+        try:
+            await asyncio.shield(pending)
+        except OSError as exc:
+            raise UnavailableError(
+                f"the change could not be saved ({exc.strerror or exc}); nothing changed"
+            ) from exc
+        if event is not None:
+            self._events.publish(event)
+
+    async def commit(self, event: Event | None) -> None:
+        """Persist the serving state, then append the event; both fsynced."""
+        await self.settle(self.submit(event), event)
+
     async def persist(self) -> None:
         """Write the serving state (a change no event describes, e.g. a watermark)."""
-        if self._store is not None:
-            store, state = self._store, self._snapshot()
-            await asyncio.get_running_loop().run_in_executor(self._io, store.save, state)
-
-    async def commit(self, event: Event) -> None:
-        """Persist the serving state, then append the event; both fsynced."""
-        state = self._snapshot() if self._store is not None else None
-        await asyncio.get_running_loop().run_in_executor(self._io, self._write, state, event)
-        self._events.publish(event)
+        await self.commit(None)
 
     async def record(self, event: Event) -> None:
         """Append an event that changes no persisted state."""
         await asyncio.get_running_loop().run_in_executor(self._io, self._events.write, event)
         self._events.publish(event)
 
-    def _write(self, state: SavedState | None, event: Event) -> None:
+    async def run(self, work: Callable[[], Any]) -> Any:
+        """Run other blocking writes (the serving record) in the journal's order."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, work)
+
+    def _write(self, state: SavedState | None, event: Event | None) -> None:
         if state is not None and self._store is not None:
             self._store.save(state)
-        self._events.write(event)
+        if event is not None:
+            self._events.write(event)
 
     def close(self) -> None:
         self._io.shutdown(wait=True)

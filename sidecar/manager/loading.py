@@ -2,7 +2,9 @@
 
 One load per version at a time (a second request for it awaits the first), in
 a thread pool of its own so loads never occupy inference threads. Unloading
-waits for the version to drain before its session is closed.
+takes the version's session out at once (`begin_unload`) and closes it once
+*that session* drained (`finish_unload`): a version loaded again meanwhile has
+a new session, and its requests never hold the old one's drain.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from sidecar.errors import ModelLoadError
 from sidecar.loader.onnx import FileIdentity, LoadedModel, SessionConfig, file_identity
-from sidecar.manager.version import ModelVersion, Phase, VersionStats
+from sidecar.manager.servable import Servable
+from sidecar.manager.version import ModelVersion, Phase
 
 log = logging.getLogger("sidecar.manager")
 
@@ -85,9 +88,8 @@ class VersionLoading:
             version.phase, version.reason = Phase.FAILED, str(exc)
             await self._on_failure(version, actor, str(exc))
             return False
-        version.loaded, version.identity = loaded, loaded.identity
+        version.servable, version.identity = Servable(version, loaded), loaded.identity
         version.loaded_at = time.time()
-        version.stats = VersionStats(ns_per_element=loaded.warmup_ns / loaded.warmup_elements)
         version.phase = Phase.READY
         log.info("ready", extra={"model": version.model, "version": version.number,
                                  "digest": loaded.identity.digest,
@@ -111,7 +113,7 @@ class VersionLoading:
                 return version
         return None
 
-    def begin_unload(self, version: ModelVersion) -> LoadedModel | None:
+    def begin_unload(self, version: ModelVersion) -> Servable | None:
         """Mark a version that left serving as UNLOADING, at once (no await), and
         return the session to close once it drains. From here on, activating it
         again loads a fresh session instead of reusing this one."""
@@ -120,17 +122,20 @@ class VersionLoading:
         version.phase, version.held = Phase.UNLOADING, False
         log.info("unloading", extra={"model": version.model, "version": version.number,
                                      "inflight": version.inflight})
-        return version.loaded
+        return version.servable
 
-    async def finish_unload(self, version: ModelVersion, leaving: LoadedModel | None) -> None:
-        """Wait for the version to drain, then close the session `begin_unload` took."""
+    async def finish_unload(self, version: ModelVersion, leaving: Servable | None, *,
+                            within: float | None = None) -> None:
+        """Wait for the session `begin_unload` took to drain (at most `within`
+        seconds), then close it."""
         if leaving is None:
             return
-        await version.drain()
-        leaving.runner.close()
-        if version.loaded is leaving:  # not loaded again while it drained
-            version.loaded, version.phase = None, Phase.UNLOADED
-        log.info("unloaded", extra={"model": version.model, "version": version.number})
+        drained = await leaving.drained(within)
+        leaving.close()
+        if version.servable is leaving:  # not loaded again while it drained
+            version.servable, version.phase = None, Phase.UNLOADED
+        log.info("unloaded", extra={"model": version.model, "version": version.number,
+                                    **({} if drained else {"forced_after_s": within})})
 
     async def unload(self, version: ModelVersion) -> None:
         """Close a version that left the serving state, once it has drained."""

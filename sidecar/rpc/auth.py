@@ -1,8 +1,10 @@
 """Bearer-token check for the control server, and TLS credentials.
 
 Every call to the control server must carry `authorization: Bearer <token>`
-when a token is configured. No or malformed header: UNAUTHENTICATED; a wrong
-token: PERMISSION_DENIED. Tokens are compared in constant time.
+when a token is configured. No or malformed header: `UnauthenticatedError`
+(UNAUTHENTICATED); a wrong token: `PermissionDeniedError` (PERMISSION_DENIED).
+The status comes from the one error map, `sidecar.rpc.errors`. Tokens are
+compared in constant time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 
 import grpc
 
+from sidecar.errors import PermissionDeniedError, SidecarError, UnauthenticatedError
+from sidecar.rpc.errors import to_status
+
 _SCHEME = "bearer "
 
 
@@ -21,29 +26,30 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
-    def check(self, metadata: tuple[tuple[str, Any], ...]) -> tuple[grpc.StatusCode, str] | None:
-        """None if the call may proceed, else the status and message to refuse it."""
+    def check(self, metadata: tuple[tuple[str, Any], ...]) -> None:
+        """Return if the call may proceed; else raise the error that refuses it."""
         header = next((v for k, v in metadata if k == "authorization"), None)
         if header is None:
-            return (grpc.StatusCode.UNAUTHENTICATED,
-                    "missing bearer token: send metadata 'authorization: Bearer <token>'")
+            raise UnauthenticatedError(
+                "missing bearer token: send metadata 'authorization: Bearer <token>'")
         text = header.decode() if isinstance(header, bytes) else str(header)
         if not text.lower().startswith(_SCHEME) or not text[len(_SCHEME):].strip():
-            return (grpc.StatusCode.UNAUTHENTICATED,
-                    "malformed authorization header: expected 'Bearer <token>'")
+            raise UnauthenticatedError("malformed authorization header: expected 'Bearer <token>'")
         given = text[len(_SCHEME):].strip().encode()
         if not hmac.compare_digest(given, self._token):
-            return grpc.StatusCode.PERMISSION_DENIED, "bearer token not accepted"
-        return None
+            raise PermissionDeniedError("bearer token not accepted")
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
     ) -> Any:
         handler = await continuation(details)
-        refusal = self.check(tuple(details.invocation_metadata or ()))
-        if refusal is None or handler is None:
-            return handler
-        return _refusing(handler, *refusal)
+        if handler is None:
+            return None  # no such method: grpc answers UNIMPLEMENTED itself
+        try:
+            self.check(tuple(details.invocation_metadata or ()))
+        except SidecarError as exc:
+            return _refusing(handler, *to_status(exc, details.method))
+        return handler
 
 
 def _refusing(handler: Any, code: grpc.StatusCode, message: str) -> Any:

@@ -73,8 +73,8 @@ class ControlServicer(pb_grpc.ModelControlServicer):
 
     @guarded
     async def ListEvents(self, request: Any, context: Context) -> pb.ListEventsResponse:
-        events, last = self._control.events(after=request.after_seq, limit=request.limit,
-                                            model=request.model)
+        events, last = await self._control.events(after=request.after_seq,
+                                                  limit=request.limit, model=request.model)
         return pb.ListEventsResponse(events=[conv.event(e) for e in events], last_seq=last)
 
     @guarded

@@ -213,7 +213,10 @@ def statistics_response(rows: list[VersionStatistics]) -> pb.ModelStatisticsResp
                 inference_stats=pb.InferStatistics(
                     success=_duration(r.success),
                     fail=_duration(r.fail),
+                    queue=_duration(r.queue),
+                    compute_input=_duration(r.compute_input),
                     compute_infer=_duration(r.compute_infer),
+                    compute_output=_duration(r.compute_output),
                 ),
             )
             for r in rows

@@ -7,10 +7,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
-import grpc
-
-from sidecar.errors import PermissionDeniedError
+from sidecar.errors import PermissionDeniedError, UnimplementedError
 from sidecar.handlers.dataplane import DataPlane
+from sidecar.handlers.types import InferRequest
 from sidecar.rpc import converters
 from sidecar.rpc.errors import guarded, to_status
 from sidecar.rpc.proto import inference_pb2 as pb
@@ -83,14 +82,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Context) -> pb.ModelInferResponse:
         start = time.perf_counter()
         try:
-            result = await self._plane.infer(converters.infer_request(request))
+            response = await self._plane.infer(_decoded(request), converters.infer_response)
         except Exception as exc:
             code, message = to_status(exc, "ModelInfer")
             self._outcome(request, code.name, start)
             await context.abort(code, message)
             raise  # unreachable: abort raises
-        self._outcome(request, "OK", start, result.version)
-        return converters.infer_response(result)
+        self._outcome(request, "OK", start, response.model_version)
+        return response
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Context
@@ -100,7 +99,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for request in request_iterator:
             start = time.perf_counter()
             try:
-                result = await self._plane.infer(converters.infer_request(request))
+                response = await self._plane.infer(_decoded(request), converters.infer_response)
             except Exception as exc:
                 code, message = to_status(exc, "ModelStreamInfer")
                 self._outcome(request, code.name, start)
@@ -111,8 +110,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     ),
                 )
             else:
-                self._outcome(request, "OK", start, result.version)
-                yield pb.ModelStreamInferResponse(infer_response=converters.infer_response(result))
+                self._outcome(request, "OK", start, response.model_version)
+                yield pb.ModelStreamInferResponse(infer_response=response)
 
     @guarded
     async def RepositoryIndex(self, request: Any, context: Context) -> pb.RepositoryIndexResponse:
@@ -135,12 +134,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
-def _unimplemented(name: str, what: str) -> Any:
-    async def method(self: InferenceServicer, request: Any, context: Context) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name}: {what} is not supported")
+def _decoded(request: Any) -> InferRequest:
+    """The request's tensors as arrays, with the time decoding took."""
+    start = time.perf_counter_ns()
+    decoded = converters.infer_request(request)
+    decoded.decode_ns = time.perf_counter_ns() - start
+    return decoded
 
-    method.__name__ = name
-    return method
+
+def _unimplemented(name: str, what: str) -> Any:
+    """A servicer method that refuses with UnimplementedError, mapped by `guarded`."""
+
+    async def method(self: InferenceServicer, request: Any, context: Context) -> Any:
+        raise UnimplementedError(f"{name}: {what} is not supported")
+
+    method.__name__ = method.__qualname__ = name
+    return guarded(method)
 
 
 for _name, _what in {

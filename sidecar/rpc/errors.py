@@ -1,9 +1,12 @@
 """The one mapping from `sidecar.errors` to gRPC status codes.
 
-`guarded` wraps every unary servicer method: a `SidecarError` becomes its
-status with the error's one-line message; any other exception is a bug,
-logged in full with a reference and answered INTERNAL with a generic message
-that carries the same reference (never the exception text: it may leak paths).
+`guarded` wraps every unary servicer method (the optional RPCs answered
+UNIMPLEMENTED included): a `SidecarError` becomes its status with the error's
+one-line message; any other exception is a bug, logged in full with a
+reference and answered INTERNAL with a generic message that carries the same
+reference (never the exception text: it may leak paths). The streaming
+methods and the control server's bearer-token interceptor call `to_status`
+themselves. No other server module names a status code.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,39 @@ class SavedModel:
     watermark: int = 0
     #: Guard settings set by command, as strings (see sidecar.guard.rules).
     guard: dict[str, str] = field(default_factory=dict)
+    #: Unloaded by a command: stays unloaded until loaded again.
+    unloaded: bool = False
+    #: Unix time until which the active version is on the guard's probation.
+    probation_until: float = 0.0
+    #: The canary or shadow running when this was saved: (kind, version).
+    candidate: tuple[str, VersionRef] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["candidate"] = ({"kind": self.candidate[0], **asdict(self.candidate[1])}
+                             if self.candidate else None)
+        return data
+
+    @staticmethod
+    def from_json(m: dict[str, Any]) -> SavedModel:
+        active = VersionRef.from_json(m.get("active"))
+        candidate = m.get("candidate")
+        ref = VersionRef.from_json(candidate)
+        probation = float(m.get("probation_until", 0.0))
+        if not math.isfinite(probation):
+            raise ValueError("probation_until is not a finite number")
+        return SavedModel(
+            active,
+            VersionRef.from_json(m.get("previous")),
+            bool(m.get("pinned", False)),
+            int(m.get("watermark", 0)),
+            {str(k): str(v) for k, v in m.get("guard", {}).items()},
+            # Before this field existed, a saved model without an active version
+            # was one unloaded by command.
+            bool(m.get("unloaded", active is None)),
+            probation,
+            (str(candidate["kind"]), ref) if isinstance(candidate, dict) and ref else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +85,14 @@ class SavedState:
     models: dict[str, SavedModel] = field(default_factory=dict)
     #: digest -> reason it was quarantined
     quarantine: dict[str, str] = field(default_factory=dict)
+    #: The model repository this state describes (absolute path, as configured).
+    repository: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "models": {name: asdict(m) for name, m in sorted(self.models.items())},
+            "repository": self.repository,
+            "models": {name: m.to_json() for name, m in sorted(self.models.items())},
             "quarantine": dict(sorted(self.quarantine.items())),
         }
 
@@ -62,18 +100,10 @@ class SavedState:
     def from_json(data: dict[str, Any]) -> SavedState:
         if data.get("format") != FORMAT:
             raise ValueError(f"unknown state format {data.get('format')!r}")
-        models = {
-            str(name): SavedModel(
-                VersionRef.from_json(m.get("active")),
-                VersionRef.from_json(m.get("previous")),
-                bool(m.get("pinned", False)),
-                int(m.get("watermark", 0)),
-                {str(k): str(v) for k, v in m.get("guard", {}).items()},
-            )
-            for name, m in data.get("models", {}).items()
-        }
+        models = {str(name): SavedModel.from_json(m)
+                  for name, m in data.get("models", {}).items()}
         quarantine = {str(k): str(v) for k, v in data.get("quarantine", {}).items()}
-        return SavedState(models, quarantine)
+        return SavedState(models, quarantine, str(data.get("repository", "")))
 
 
 def fsync_directory(directory: Path) -> None:
@@ -116,12 +146,17 @@ class StateStore:
             return SavedState()
         try:
             return SavedState.from_json(json.loads(raw))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            aside = self.path.with_name(STATE_FILE + ".corrupt")
-            os.replace(self.path, aside)
-            log.error("state file unreadable; starting without saved state",
-                      extra={"path": str(self.path), "kept_as": str(aside), "reason": str(exc)})
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+            self.set_aside("corrupt", f"state file unreadable ({exc});"
+                           " starting without saved state")
             return SavedState()
+
+    def set_aside(self, suffix: str, why: str) -> Path:
+        """Move the state file out of the way (kept for inspection), with a warning."""
+        aside = self.path.with_name(f"{STATE_FILE}.{suffix}-{int(time.time())}")
+        os.replace(self.path, aside)
+        log.error(why, extra={"path": str(self.path), "kept_as": str(aside)})
+        return aside
 
     def save(self, state: SavedState) -> None:
         data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"

@@ -1,0 +1,138 @@
+"""One loaded session of a version: what a request needs, and who holds it.
+
+`ModelManager.acquire` hands a request a `Servable`; it carries everything the
+request path needs (signature, runner, statistics, the guard's observer), so
+nothing below the handlers is looked up again by name. The in-flight count
+lives here, per session, not on the version: a version activated again while
+its old session drains gets a new `Servable`, and each session's drain ends
+when *its* requests are done. Any number of waiters may wait for a drain.
+
+All mutation happens on the event loop thread, so counters need no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from sidecar.loader.onnx import LoadedModel
+from sidecar.manager.latency import LatencyHistogram
+
+if TYPE_CHECKING:
+    from sidecar.manager.version import ModelVersion
+
+
+@dataclass(slots=True)
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass(slots=True)
+class VersionStats:
+    """Cumulative since load, Triton's statistics vocabulary.
+
+    `fail` counts server-side failures only (the model raised); requests
+    refused for bad input never reach the model and are not counted. `queue`
+    is the wait for an inference thread (0 for inline runs), `compute_input`
+    the decoding of the request's tensors, `compute_output` the encoding of
+    the answer.
+    """
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0  # batch elements inferred
+    execution_count: int = 0  # model runs
+    last_inference_ms: int = 0
+    #: Compute time per input element, exponentially weighted: times a request's
+    #: element count, it predicts the request's compute (inline vs pool).
+    ns_per_element: float = 0.0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+    def record_success(self, total_ns: int, infer_ns: int, batch: int, elements: int = 1
+                       ) -> None:
+        self.success.add(total_ns)
+        self.latency.record(total_ns)
+        self.compute_infer.add(infer_ns)
+        self.inference_count += batch
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.ns_per_element += (infer_ns / max(1, elements) - self.ns_per_element) * 0.05
+
+    def record_failure(self, total_ns: int) -> None:
+        self.fail.add(total_ns)
+        self.latency.record(total_ns)
+        self.execution_count += 1
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+
+class Observer(Protocol):
+    """Told every server-side outcome of a session (the guard's, while it watches)."""
+
+    def observe(self, ok: bool, latency_ns: int) -> None: ...
+
+
+class Servable:
+    __slots__ = ("_waiters", "closed", "inflight", "loaded", "model", "number", "observer",
+                 "runner", "signature", "stats", "version")
+
+    def __init__(self, version: ModelVersion, loaded: LoadedModel) -> None:
+        self.version = version
+        self.model = version.model
+        self.number = version.number
+        self.loaded = loaded
+        self.signature = loaded.signature
+        self.runner = loaded.runner
+        self.stats = VersionStats(ns_per_element=loaded.warmup_ns / loaded.warmup_elements)
+        #: None: nobody watches this session's outcomes, and recording costs nothing.
+        self.observer: Observer | None = None
+        self.inflight = 0
+        self.closed = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def label(self) -> str:
+        return self.version.label
+
+    @property
+    def digest(self) -> str:
+        return self.loaded.identity.digest
+
+    def release(self) -> None:
+        """Give back a handle taken by `ModelManager.acquire`."""
+        self.inflight -= 1
+        if self.inflight == 0 and self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def drained(self, within: float | None = None) -> bool:
+        """Wait until no request holds this session; False if `within` seconds passed first."""
+        if self.inflight == 0:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), within)
+        except TimeoutError:
+            return False
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+    def close(self) -> None:
+        """Free the session (after it drained, or at the end of shutdown)."""
+        self.closed = True
+        self.runner.close()
