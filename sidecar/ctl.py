@@ -76,6 +76,8 @@ def add_parser(sub: Any) -> None:
     p = commands.add_parser("rollback", help="swap back to the previous version (instant)")
     p.add_argument("model")
     p.add_argument("--expected-active", default="")
+    p.add_argument("--force", action="store_true",
+                   help="roll back even to a quarantined previous version")
     p.add_argument("--reason", default="")
     p = commands.add_parser("unload", help="unload a version, or the whole model")
     p.add_argument("model")
@@ -174,6 +176,7 @@ def _models_table(models: Sequence[pb.ModelInfo]) -> str:
               ",".join(map(str, m.loaded_versions)) or "-", str(m.versions_on_disk)]
              for m in models]
     notes = [f"{m.name}: guard: {m.guard_note}" for m in models if m.guard_note]
+    notes += [f"{m.name}: {m.note}" for m in models if m.note]
     return "\n".join([_table(rows), *notes])
 
 
@@ -210,6 +213,9 @@ class UsageError(Exception):
 
 
 def _swap_line(r: pb.SwapResponse) -> str:
+    if r.from_version.number == r.to_version.number and r.from_version.digest == \
+            r.to_version.digest:
+        return f"{r.model}: {_ref(r.to_version)} is already active (nothing changed)"
     return (f"{r.model}: {_ref(r.from_version)} -> {_ref(r.to_version)}"
             f" (swap {r.swap_us:.1f} us, {r.total_ms:.1f} ms in all)")
 
@@ -252,8 +258,8 @@ def _run(args: argparse.Namespace, stub: pb_grpc.ModelControlStub, call: Caller)
                 force=args.force, actor=args.actor, reason=args.reason))
         else:
             r = call(stub.Rollback, pb.RollbackRequest(
-                model=args.model, expected_active=args.expected_active, actor=args.actor,
-                reason=args.reason))
+                model=args.model, expected_active=args.expected_active, force=args.force,
+                actor=args.actor, reason=args.reason))
         out(json.dumps(_dict(r)) if args.json else _swap_line(r))
     elif command == "unload":
         call(stub.Unload, pb.UnloadRequest(model=args.model, version=args.version,

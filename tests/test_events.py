@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +91,31 @@ def test_paging_across_rotated_files_returns_every_event_in_order(tmp_path: Path
     again = opened(tmp_path, max_bytes=lines(8.5), keep=20, recent=10)
     assert all_pages(again, limit=13) == list(range(1, 61))
     again.close()
+
+
+def test_paging_while_another_thread_rotates_never_skips(tmp_path: Path) -> None:
+    """Pages read from the files while the I/O thread appends and rotates still
+    return every event once, in order (a rotation never falls between two opens)."""
+    log = opened(tmp_path, max_bytes=lines(3.5), keep=1000)
+    add(log, 60)
+    log.close()
+    log = opened(tmp_path, max_bytes=lines(3.5), keep=1000, recent=1)  # 1..59: files only
+    done = threading.Event()
+
+    def io_thread() -> None:
+        for _ in range(90):
+            log.write(log.make("tiny", "activate", "cli"))
+        done.set()
+
+    writer = threading.Thread(target=io_thread)
+    writer.start()
+    rounds = 0
+    while not done.is_set() or rounds == 0:
+        assert [e.seq for e in log.page(limit=1000)] == list(range(1, 61))
+        rounds += 1
+    writer.join()
+    assert len(rotated_names(tmp_path)) > 40
+    log.close()
 
 
 def test_a_page_stops_by_size(tmp_path: Path) -> None:

@@ -118,9 +118,17 @@ class Guard:
     def reload(self, name: str) -> GuardSettings:
         """Re-read a model's settings (after a change by command or file)."""
         guard = self.model(name)
-        was_enabled, guard.settings = guard.settings.enabled, self.settings_for(name)
-        if was_enabled != guard.settings.enabled and self._manager.has_model(name):
-            self._rewatch(self._manager.entry(name))
+        before, guard.settings = guard.settings, self.settings_for(name)
+        if not self._manager.has_model(name):
+            return guard.settings
+        entry = self._manager.entry(name)
+        if before.enabled != guard.settings.enabled:
+            self._rewatch(entry)
+        active = entry.serving.active
+        if (before.probation_s != guard.settings.probation_s and guard.watched is not None
+                and active is not None and guard.watched is active.servable):
+            # The probation is counted from the activation, whatever it was set to then.
+            entry.probation_until = active.activated_at + guard.settings.probation_s
         return guard.settings
 
     def reload_changed(self, name: str) -> dict[str, str]:

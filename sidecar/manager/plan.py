@@ -8,8 +8,10 @@ returns actions; it does no I/O, so its rules are tested with tables:
   slow copy is never loaded half-written. A candidate that failed to load with
   these exact file bytes is skipped until the file changes; the next highest
   complete one is tried instead.
-- A candidate above the model's watermark (the highest version already handled)
-  is new: the model's policy says activate, load (warm only) or ignore. A pinned
+- A candidate at or below the model's watermark (the highest version already
+  handled, e.g. one rolled back from) is never activated again by the watcher;
+  if it is above the active version it is noted once, with how to activate it.
+- A candidate above the model's watermark is new: the model's policy says activate, load (warm only) or ignore. A pinned
   model is never changed by the watcher: the skip is noted.
 - A loaded version whose folder is gone: the active one keeps serving from
   memory (noted); a warm one is unloaded after it drains.
@@ -103,7 +105,15 @@ def plan(name: str, seen: Mapping[int, VersionSeen] | None, facts: ModelFacts,
     if settling:
         actions.append(Action("wait", reason="newest version is still being written"))
         return actions
-    if candidate is None or candidate.number <= facts.watermark:
+    if candidate is None:
+        return actions
+    if candidate.number <= facts.watermark:
+        if facts.known and candidate.number > facts.active \
+                and candidate.number not in facts.loaded:
+            actions.append(Action("note", candidate.number,
+                                  f"version {candidate.number} is not activated automatically:"
+                                  f" it is at or below the watermark {facts.watermark} (already"
+                                  " handled, e.g. rolled back from); activate it by command"))
         return actions
     if candidate.number == facts.active:
         return actions

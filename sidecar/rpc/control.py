@@ -50,7 +50,7 @@ class ControlServicer(pb_grpc.ModelControlServicer):
     async def Rollback(self, request: Any, context: Context) -> pb.SwapResponse:
         result = await self._control.rollback(
             request.model, actor=request.actor, expected_active=request.expected_active,
-            reason=request.reason)
+            reason=request.reason, force=request.force)
         return conv.swap(result)
 
     @guarded

@@ -38,6 +38,7 @@ def model_info(view: ModelView) -> pb.ModelInfo:
         versions_on_disk=view.versions_on_disk, canary=_ref(view.canary),
         canary_weight_percent=view.canary_weight * 100, shadow=_ref(view.shadow),
         guard_note=view.guard_note,
+        note=view.note,
     )
 
 

@@ -205,7 +205,7 @@ class EventLog:
         self.keep = max(1, keep)
         #: the newest events with the size of their line, for paging from memory
         self._recent: deque[tuple[Event, int]] = deque(maxlen=max(1, recent))
-        self._evicted = 0  # the highest seq no longer in `_recent` (0: none left)
+        self._evicted = 0  # the highest seq not in `_recent` (0: it holds them all)
         self._subscribers: set[Subscription] = set()
         self._seq = 0
         self._file: io.FileIO | None = None
@@ -350,8 +350,9 @@ class EventLog:
 
     def _from_memory(self, page: _Page, after: int, model: str) -> None:
         for event, size in self._recent:
-            if event.seq > after and (not model or event.model == model) and not page.offer(
-                    event, size):
+            if event.seq <= after or (model and event.model != model):
+                continue
+            if not page.offer(event, size):
                 return
 
     def _from_files(self, page: _Page, after: int, until: int, model: str) -> None:
@@ -366,8 +367,9 @@ class EventLog:
             for event, size in _read(handles[_start(handles, after):], model):
                 if event.seq > until:
                     return
-                if event.seq > after and (not model or event.model == model) and not (
-                        page.offer(event, size)):
+                if event.seq <= after or (model and event.model != model):
+                    continue
+                if not page.offer(event, size):
                     return
 
     def subscribe(self) -> Subscription:

@@ -75,7 +75,7 @@ class VersionInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., number: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., loaded_at: _Optional[float] = ..., activated_at: _Optional[float] = ..., path: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., counters: _Optional[_Union[VersionCounters, _Mapping]] = ..., quarantined: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "active", "previous", "pinned", "ready", "loaded_versions", "versions_on_disk", "canary", "canary_weight_percent", "shadow", "guard_note")
+    __slots__ = ("name", "active", "previous", "pinned", "ready", "loaded_versions", "versions_on_disk", "canary", "canary_weight_percent", "shadow", "guard_note", "note")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class ModelInfo(_message.Message):
     CANARY_WEIGHT_PERCENT_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     GUARD_NOTE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     name: str
     active: VersionRef
     previous: VersionRef
@@ -98,7 +99,8 @@ class ModelInfo(_message.Message):
     canary_weight_percent: float
     shadow: VersionRef
     guard_note: str
-    def __init__(self, name: _Optional[str] = ..., active: _Optional[_Union[VersionRef, _Mapping]] = ..., previous: _Optional[_Union[VersionRef, _Mapping]] = ..., pinned: _Optional[bool] = ..., ready: _Optional[bool] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., versions_on_disk: _Optional[int] = ..., canary: _Optional[_Union[VersionRef, _Mapping]] = ..., canary_weight_percent: _Optional[float] = ..., shadow: _Optional[_Union[VersionRef, _Mapping]] = ..., guard_note: _Optional[str] = ...) -> None: ...
+    note: str
+    def __init__(self, name: _Optional[str] = ..., active: _Optional[_Union[VersionRef, _Mapping]] = ..., previous: _Optional[_Union[VersionRef, _Mapping]] = ..., pinned: _Optional[bool] = ..., ready: _Optional[bool] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., versions_on_disk: _Optional[int] = ..., canary: _Optional[_Union[VersionRef, _Mapping]] = ..., canary_weight_percent: _Optional[float] = ..., shadow: _Optional[_Union[VersionRef, _Mapping]] = ..., guard_note: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -177,16 +179,18 @@ class ActivateRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., expected_active: _Optional[str] = ..., force: _Optional[bool] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
-    __slots__ = ("model", "expected_active", "actor", "reason")
+    __slots__ = ("model", "expected_active", "actor", "reason", "force")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     expected_active: str
     actor: str
     reason: str
-    def __init__(self, model: _Optional[str] = ..., expected_active: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, model: _Optional[str] = ..., expected_active: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class SwapResponse(_message.Message):
     __slots__ = ("model", "from_version", "to_version", "swap_us", "total_ms")
