@@ -11,8 +11,9 @@ returns actions; it does no I/O, so its rules are tested with tables:
 - A candidate at or below the model's watermark (the highest version already
   handled, e.g. one rolled back from) is never activated again by the watcher;
   if it is above the active version it is noted once, with how to activate it.
-- A candidate above the model's watermark is new: the model's policy says activate, load (warm only) or ignore. A pinned
-  model is never changed by the watcher: the skip is noted.
+- A candidate above the model's watermark is new: the model's policy says
+  activate, load (warm only) or ignore. A pinned model is never changed by the
+  watcher: the skip is noted.
 - A loaded version whose folder is gone: the active one keeps serving from
   memory (noted); a warm one is unloaded after it drains.
 - A model folder that is gone: the model is unloaded after draining (pinned: it
