@@ -75,6 +75,8 @@ class Server:
         self.control_address: str = serving.get("control_address", "")
 
     def stderr_tail(self, chars: int = 2000) -> str:
+        if self._stderr.closed:
+            return ""
         self._stderr.seek(0)
         return f"--- {self.name} stderr (tail)\n{self._stderr.read()[-chars:]}"
 
