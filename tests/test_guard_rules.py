@@ -100,6 +100,21 @@ def test_settings_are_validated() -> None:
             S.updated(bad)
 
 
+@pytest.mark.parametrize("bad", [
+    {"consecutive_failures": "0"}, {"consecutive_failures": "-1"}, {"window_s": "nan"},
+    {"latency_factor": "inf"}, {"probation_s": "-1"}, {"window_requests": 1e20},
+    {"window_requests": "1e20"}, {"cooldown_s": "-5"}, {"shadow_queue": "-1"},
+    {"min_requests": "0"}, {"max_error_ratio": "nan"}, {"shadow_atol": "-inf"},
+    {"canary_promote_requests": "0"}, {"latency_min_samples": "0"},
+    {"window_requests": float("inf")},
+])
+def test_settings_that_cannot_work_are_refused(bad: dict[str, object]) -> None:
+    """Every setting that cannot work (zero or negative counts, NaN, infinities,
+    absurd sizes) is refused with the setting's name in the reason."""
+    with pytest.raises(ValueError, match="|".join(bad)):
+        S.updated(bad)
+
+
 @pytest.mark.parametrize(
     ("a", "b", "same"),
     [

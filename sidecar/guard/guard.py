@@ -104,7 +104,14 @@ class Guard:
                 log.error("bad guard settings in the model's file; ignored",
                           extra={"model": model, "reason": str(exc)})
         given = entry.guard if overrides is None else overrides
-        settings = settings.updated(given) if given else settings
+        if given and overrides is None:
+            try:
+                settings = settings.updated(given)
+            except ValueError as exc:  # saved before validation was this strict
+                log.error("bad guard settings in the saved state; ignored",
+                          extra={"model": model, "reason": str(exc)})
+        elif given:
+            settings = settings.updated(given)  # a command's: the caller reports it
         if not self._master and settings.enabled:
             settings = settings.updated({"enabled": False})
         return settings

@@ -26,10 +26,13 @@ Rollouts and Envoy's outlier detection):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from sidecar.guard.window import WindowStats
+
+_MAX_COUNT = 1_000_000  # any count setting above this is a mistake
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +77,28 @@ class GuardSettings:
         return result
 
     def check(self) -> None:
+        """Refuse settings that cannot work, with the reason (ValueError)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"guard setting '{f.name}' must be a finite number")
+            if isinstance(value, int) and not isinstance(value, bool) \
+                    and not 0 <= value <= _MAX_COUNT:
+                raise ValueError(f"guard setting '{f.name}' must be between 0 and {_MAX_COUNT}")
         if not 0 < self.max_error_ratio <= 1 or not 0 < self.shadow_max_disagreement <= 1:
             raise ValueError("ratios must be in (0, 1]")
-        if self.window_requests < 1 or self.min_requests < 1 or self.window_s <= 0:
-            raise ValueError("window sizes must be positive")
+        for name in ("window_requests", "min_requests", "consecutive_failures",
+                     "latency_min_samples", "canary_promote_requests", "shadow_min_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"guard setting '{name}' must be at least 1")
+        if self.window_s <= 0:
+            raise ValueError("guard setting 'window_s' must be positive")
+        for name in ("probation_s", "cooldown_s", "canary_promote_s", "latency_min_delta_ms",
+                     "shadow_atol", "shadow_rtol"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"guard setting '{name}' must not be negative")
         if self.latency_factor <= 1:
             raise ValueError("latency_factor must be above 1")
-        if self.latency_min_delta_ms < 0:
-            raise ValueError("latency_min_delta_ms must not be negative")
 
 
 def _convert(key: str, kind: Any, value: Any) -> Any:
@@ -94,7 +111,7 @@ def _convert(key: str, kind: Any, value: Any) -> Any:
                 return value.lower() in {"true", "1", "yes", "on"}
             return bool(value)
         return {"int": int, "float": float}[name](value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"guard setting '{key}': {value!r} is not a {name}") from None
 
 

@@ -37,7 +37,6 @@ class RepositorySync:
         self._repository = repository
         self._default = default_policy
         self.memory = Memory()
-        self.snapshots = 0
         self._seed()
 
     def _seed(self) -> None:
@@ -49,7 +48,6 @@ class RepositorySync:
                     self.memory.failed[(entry.name, number)] = state
 
     async def apply(self, snapshot: Snapshot) -> None:
-        self.snapshots += 1
         names = set(snapshot.models) | {e.name for e in self._manager.entries()}
         await asyncio.gather(*(self._sync_model(n, snapshot.models.get(n)) for n in names))
 

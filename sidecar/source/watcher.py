@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import watchfiles
@@ -53,7 +53,6 @@ class VersionSeen:
 class Snapshot:
     models: dict[str, dict[int, VersionSeen]]
     settling: bool  # some version is not complete yet: look again soon
-    time: float = field(default_factory=time.time)
 
 
 def file_state(path: Path) -> FileState | None:
