@@ -191,8 +191,30 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
     manager.add_listener(on_model_change)
     loop = asyncio.get_running_loop()
+    # SIGTERM/SIGINT: the first one stops; later ones are logged and ignored, and
+    # at the end of the shutdown both are left ignored until the process is gone.
+    # Not loop.add_signal_handler: asyncio restores SIG_DFL when its handlers are
+    # removed or the loop closes, and a repeated SIGTERM in the last moments killed
+    # the process with signal 15. A plain handler, woken through a pipe as asyncio
+    # does it (a signal may land on another thread), never leaves SIG_DFL behind.
+    def on_signal_in_loop(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.info("signal ignored", extra={"signal": sig.name, "reason": "already stopping"})
+        stop.set()
+
+    def on_signal(signum: int, _: Any) -> None:  # main thread, between two bytecodes
+        try:
+            loop.call_soon_threadsafe(on_signal_in_loop, signal.Signals(signum))
+        except RuntimeError:  # the loop is closed
+            pass
+
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    loop.add_reader(wake_read, os.read, wake_read, 512)
+    previous_wakeup = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     addresses = {"address": inference.address, "control_address": control.address}
     watching: WatchTask | None = None
     metrics_server: asyncio.Server | None = None
@@ -232,5 +254,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await manager.close(settings.grace_s)
         pool.shutdown(wait=True, cancel_futures=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)  # one step: no moment with SIG_DFL
+        signal.set_wakeup_fd(previous_wakeup)
+        loop.remove_reader(wake_read)
+        os.close(wake_read)
+        os.close(wake_write)
         log.info("stopped")

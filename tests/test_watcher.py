@@ -22,6 +22,7 @@ from helpers import (
     infer_input,
     start_hammers,
     stop_hammers,
+    tiny_expected,
 )
 
 from sidecar.rpc.proto import control_pb2 as cpb
@@ -235,17 +236,42 @@ def test_polling_mode(start_server: Any, tmp_path: Path) -> None:
 
 
 def test_no_watch_leaves_new_versions_alone(start_server: Any, tmp_path: Path) -> None:
-    """With --no-watch, a new version on disk changes nothing until a command."""
+    """With --no-watch, a new version on disk changes nothing until a command.
+
+    A watched server on the same repository is the yardstick: once it has
+    activated the new version, a watcher would have (the unwatched one is given
+    the shorter settle time), yet version 2 still answers; then a command
+    activates version 3, and no event of the unwatched server came from a watcher."""
     repo = tmp_path / "repo"
     for version in (1, 2):
         make_models.write_model(make_models.tiny_model(version), repo, "tiny", version)
-    srv = start_server(repo, "--no-watch")
-    publish(repo, "tiny", 3)
+    srv = start_server(repo, "--no-watch", "--watch-settle-ms", "50")
+    yardstick = start_server(repo, "--watch-settle-ms", str(SETTLE_MS))
+    events, watched_events = EventStream(srv.control_address), EventStream(
+        yardstick.control_address)
+    x = np.ones((1, 4), np.float32)
+    c = client(srv.address)
+    try:
+        publish(repo, "tiny", 3)
+        watched_events.wait_for(model="tiny", action="activate", to=3)
+        result = c.infer("tiny", [infer_input("INPUT0", x, "FP32")])
+        assert result.get_response().model_version == "2"
+        np.testing.assert_allclose(result.as_numpy("OUTPUT0"), tiny_expected(x, 2), rtol=1e-5)
+        stub = control_stub(srv.control_address)
+        assert [m.active.number for m in stub.ListModels(cpb.ListModelsRequest(),
+                                                          timeout=10).models] == [2]
+        stub.Activate(cpb.ActivateRequest(model="tiny", version="3"), timeout=30)
+        command = events.wait_for(model="tiny", action="activate", to=3)
+        result = c.infer("tiny", [infer_input("INPUT0", x, "FP32")])
+        assert result.get_response().model_version == "3"
+        np.testing.assert_allclose(result.as_numpy("OUTPUT0"), tiny_expected(x, 3), rtol=1e-5)
+        # Events arrive in order: a watcher's would have come before the command's.
+        assert command.actor != "watcher"
+        assert not [e for e in events.of("tiny") if e.actor == "watcher"]
+    finally:
+        events.close()
+        watched_events.close()
     assert not any(r.get("event") == "watching" for r in srv.log)
-    stub = control_stub(srv.control_address)
-    stub.Activate(cpb.ActivateRequest(model="tiny", version="3"), timeout=30)
-    models = stub.ListModels(cpb.ListModelsRequest(), timeout=10).models
-    assert models[0].active.number == 3
 
 
 def test_guard_settings_in_the_model_file_take_effect(watched: Watched) -> None:

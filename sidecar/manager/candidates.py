@@ -88,7 +88,7 @@ class Candidates:
             change = Change(p, entry)
             entry.serving = serving.but(canary=None, canary_weight=0.0, shadow=None)
             p.swapped(entry, serving.active, actor)
-            change.dropped = p.residency.evict(entry)
+            change.drop(p.residency.evict(entry))
             entry.note = f"{kind} of version {version.number} ended by {actor}: {reason}"
             change.submit(p.events.make(
                 model, f"{kind}-abort", actor, reason, from_version=version.number,

@@ -26,7 +26,7 @@ from sidecar.manager.entry import ModelEntry, SwapResult
 from sidecar.manager.journal import Journal
 from sidecar.manager.loading import VersionLoading
 from sidecar.manager.refs import References
-from sidecar.manager.residency import Residency
+from sidecar.manager.residency import Leaving, Residency
 from sidecar.manager.serving import ServingState
 from sidecar.manager.version import ModelVersion, Phase
 from sidecar.state.events import Event, EventLog
@@ -72,7 +72,12 @@ class Change:
         self.before = entry.serving
         self._pending: list[tuple[asyncio.Future[None], Event | None]] = []
         self.undo: Callable[[], None] | None = None
-        self.dropped: list[ModelVersion] = []
+        self._taken: list[Leaving] = []
+
+    def drop(self, versions: list[ModelVersion]) -> None:
+        """Versions this change takes out of serving: UNLOADING now (under the
+        lock), drained and closed once the change is durable."""
+        self._taken += self._parts.residency.take_out(versions)
 
     def submit(self, event: Event | None) -> None:
         self._pending.append((self._parts.journal.submit(event), event))
@@ -87,11 +92,14 @@ class Change:
             async with self.entry.lock:
                 if self.entry.serving is after:
                     self.entry.serving = self.before
+                    self._parts.residency.put_back(self._taken)
+                    self._taken = []
                     if self.undo is not None:
                         self.undo()
                     await self._parts.notify(self.entry)
+            self._parts.residency.finish(self._taken)
             raise
-        self._parts.residency.retire(self.dropped)
+        self._parts.residency.finish(self._taken)
 
 
 class Commands:
@@ -167,7 +175,7 @@ class Commands:
                 unloaded, entry.unloaded = entry.unloaded, False
                 change.undo = partial(setattr, entry, "unloaded", unloaded)
                 p.swapped(entry, old, actor)
-                change.dropped = p.residency.evict(entry)
+                change.drop(p.residency.evict(entry))
                 change.submit(p.events.make(
                     model, "activate", actor, reason,
                     from_version=old.number if old else 0, from_digest=old.digest if old else "",
@@ -207,7 +215,7 @@ class Commands:
                                f" {target.number} ({actor})", change)
             swap_ns = self._swap(entry, target, previous=old)
             p.swapped(entry, old, actor)
-            change.dropped = p.residency.evict(entry)
+            change.drop(p.residency.evict(entry))
             change.submit(p.events.make(
                 model, "rollback", actor, reason, from_version=old.number,
                 from_digest=old.digest, to_version=target.number, to_digest=target.digest,
@@ -256,7 +264,7 @@ class Commands:
                     loaded = dict(entry.serving.loaded)
                     loaded[version.number] = version
                     entry.serving = entry.serving.but(loaded=MappingProxyType(loaded))
-                    change.dropped = p.residency.evict(entry)
+                    change.drop(p.residency.evict(entry))
                 change.submit(p.events.make(model, "load", actor, reason,
                                             to_version=version.number,
                                             to_digest=version.digest))
@@ -277,7 +285,7 @@ class Commands:
             if version is None:
                 entry.serving, entry.unloaded = ServingState.empty(), True
                 change.undo = lambda: setattr(entry, "unloaded", False)
-                change.dropped = list(serving.loaded.values())
+                change.drop(list(serving.loaded.values()))
                 change.submit(p.events.make(model, "unload", actor, reason))
             else:
                 if version is serving.active:
@@ -293,7 +301,7 @@ class Commands:
                         else serving.canary_weight,
                         shadow=None if serving.shadow is version else serving.shadow,
                         loaded=MappingProxyType(loaded))
-                    change.dropped = [version]
+                    change.drop([version])
                 change.submit(p.events.make(
                     model, "unload", actor, reason, from_version=version.number,
                     from_digest=version.digest))

@@ -18,7 +18,11 @@ from types import MappingProxyType
 
 from sidecar.manager.entry import ModelEntry
 from sidecar.manager.loading import VersionLoading
-from sidecar.manager.version import ModelVersion
+from sidecar.manager.servable import Servable
+from sidecar.manager.version import ModelVersion, Phase
+
+#: A version taken out of serving, with the session to close once it drained.
+Leaving = tuple[ModelVersion, "Servable | None"]
 
 
 class Residency:
@@ -26,7 +30,8 @@ class Residency:
         self._loading = loading
         self.warm_versions = max(1, warm_versions)
         self.max_loaded = max(self.warm_versions, max_loaded)
-        self._retiring: set[asyncio.Task[None]] = set()
+        #: background drains, with the session each one will close
+        self._retiring: dict[asyncio.Task[None], Servable | None] = {}
 
     def evict(self, entry: ModelEntry) -> list[ModelVersion]:
         """Take what is beyond the budgets out of the serving state (under the
@@ -50,14 +55,33 @@ class Residency:
             entry.serving = serving.but(previous=previous_kept, loaded=MappingProxyType(loaded))
         return drop
 
-    def retire(self, versions: list[ModelVersion]) -> None:
-        """Drain and close versions that left serving, in the background."""
-        for version in versions:
-            leaving = self._loading.begin_unload(version)  # now, not when the task runs
+    def take_out(self, versions: list[ModelVersion]) -> list[Leaving]:
+        """Mark versions that left serving UNLOADING, at once (under the model's
+        lock: a command after this one loads a fresh session for them)."""
+        return [(v, self._loading.begin_unload(v)) for v in versions]
+
+    @staticmethod
+    def put_back(taken: list[Leaving]) -> None:
+        """Undo `take_out` (the change that took them out was not saved)."""
+        for version, servable in taken:
+            if servable is not None and version.servable is servable \
+                    and version.phase is Phase.UNLOADING:
+                version.phase = Phase.READY
+
+    def finish(self, taken: list[Leaving]) -> None:
+        """Drain and close sessions taken out, in the background."""
+        for version, leaving in taken:
             task = asyncio.get_running_loop().create_task(
                 self._loading.finish_unload(version, leaving))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retiring[task] = leaving
+            task.add_done_callback(self._forget)
+
+    def retire(self, versions: list[ModelVersion]) -> None:
+        """Take out, then drain and close in the background."""
+        self.finish(self.take_out(versions))
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._retiring.pop(task, None)
 
     async def retired(self, within: float | None = None) -> bool:
         """Wait until retiring versions have drained and closed (False: timed out)."""
@@ -67,15 +91,19 @@ class Residency:
         return not pending
 
     async def close(self, entries: list[ModelEntry], grace: float) -> None:
-        """Unload everything at shutdown: each drain waits at most `grace` seconds."""
-        leaving: list[tuple[ModelVersion, object]] = []
+        """Unload everything at shutdown: each drain waits at most `grace` seconds,
+        then the session is closed anyway (the servers have stopped by then)."""
+        leaving: list[Leaving] = []
         for entry in entries:
             versions = list(entry.serving.loaded.values())
             entry.serving = entry.serving.empty()
-            leaving += [(v, self._loading.begin_unload(v)) for v in versions]
-        await asyncio.gather(*(self._loading.finish_unload(v, s, within=grace)  # type: ignore[arg-type]
+            leaving += self.take_out(versions)
+        await asyncio.gather(*(self._loading.finish_unload(v, s, within=grace)
                                for v, s in leaving))
         if not await self.retired(grace):
-            for task in list(self._retiring):
+            stuck = dict(self._retiring)
+            for task, servable in stuck.items():
                 task.cancel()
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+                if servable is not None:
+                    servable.close()
+            await asyncio.gather(*stuck, return_exceptions=True)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +50,12 @@ class Listener:
 
 def check_bindable(listen: str) -> None:
     """Bind the address once with a plain socket, so a port in use or an address
-    not on this host is reported with the OS's reason before grpc tries it."""
+    not on this host is reported with the OS's reason before grpc tries it.
+
+    The probe binds as the servers will, with SO_REUSEADDR (grpc and asyncio set
+    it on their listening sockets): connections of a previous process left in
+    TIME_WAIT, after a crash or a metrics scrape, do not block a restart for a
+    minute, while a port that another socket listens on is still refused."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit():
         raise BindError(f"cannot listen on {listen}: expected HOST:PORT")
@@ -61,6 +67,8 @@ def check_bindable(listen: str) -> None:
         raise BindError(f"cannot listen on {listen}: {exc.strerror}") from exc
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
+        if os.name == "posix":  # on Windows the option would let it share a live port
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:
