@@ -72,7 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--part", action="append", choices=("detection", "hotpath"),
         help="run only this part (repeatable; default both)")
     add("--quick", action="store_true",
-        help="a smoke test: 1 detection repeat per load; 1 hot-path round of 2 s")
+        help="a smoke test: no idle wait, no retries, 1 detection repeat per load, 1 hot-path"
+        " round of 2 s")
     add("--repeats", type=int, default=3, help="detection: bad activations per load")
     add("--rounds", type=int, default=3, help="hot path: rounds (default 3)")
     add("--duration", type=float, default=6.0, help="hot path: seconds per run (default 6)")
@@ -80,7 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     machine.add_noise_args(parser, max_others=0.3, wait_idle=30.0, retries=2)
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.rounds, args.duration, args.warmup = 1, 1, 2.0, 0.5
+        args.repeats, args.rounds, args.duration, args.warmup, args.retries = 1, 1, 2.0, 0.5, 0
+        args.wait_idle = 0.0
     return args
 
 

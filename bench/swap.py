@@ -50,7 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--part", action="append", choices=("load", "rollback", "blocked", "memory"),
         help="run only this part (repeatable; default all)")
     add("--quick", action="store_true",
-        help="2 rounds of 2 s, 10 rollbacks, 1 blocked repeat, 20 cycles of 20 MB versions")
+        help="a smoke test: no idle wait, no retries, 2 rounds of 2 s, 10 rollbacks,"
+        " 1 blocked repeat, 20 cycles of 20 MB versions")
     add("--rounds", type=int, default=4, help="load: rounds of each phase (default 4)")
     add("--duration", type=float, default=5.0, help="load: seconds per phase (default 5)")
     add("--warmup", type=float, default=1.0, help="load: seconds of load before each window")
@@ -65,7 +66,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup, args.rollbacks = 2, 2.0, 0.5, 10
-        args.blocked_repeats, args.cycles, args.megabytes = 1, 20, 20
+        args.blocked_repeats, args.cycles, args.megabytes, args.retries = 1, 20, 20, 0
+        args.wait_idle = 0.0
     return args
 
 

@@ -9,14 +9,11 @@ what tritonclient's API cannot send, such as typed contents).
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from typing import Any
 import grpc
 import make_models
 import pytest
+from serverlog import ServerLog
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -35,8 +33,6 @@ class ServerProcess:
                  state_dir: Path | None = None) -> None:
         self.repo = repo
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="sidecar-state-"))
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.log: list[dict[str, Any]] = []
         cmd = [
             sys.executable, "-m", "sidecar", "serve",
             "--model-repository", str(repo),
@@ -51,38 +47,22 @@ class ServerProcess:
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})},
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        assert self.proc.stdout is not None
+        self._log = ServerLog(self.proc.stdout, self._stderr)
+        self.log: list[dict[str, Any]] = self._log.records
         serving = self.wait_for("serving")
         self.address: str = serving["address"]
         self.control_address: str = serving["control_address"]
         self.metrics_address: str = serving["metrics_address"]
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = {"event": "non-json", "line": line}
-            self.log.append(record)
-            self.lines.put(record)
-        self.lines.put({"event": "<exit>"})
+    def _stderr(self) -> str:
+        exited = self.proc.poll() is not None
+        return self.proc.stderr.read() if exited and self.proc.stderr else ""
 
     def wait_for(self, event: str, timeout: float = STARTUP_TIMEOUT_S, **fields: Any
                  ) -> dict[str, Any]:
         """Block until a log line with this event (and fields) arrives."""
-        while True:
-            try:
-                record = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no '{event}' log line within {timeout}s") from None
-            if record.get("event") == "<exit>":
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise AssertionError(f"server exited before '{event}': {err}")
-            if record.get("event") == event and all(
-                record.get(k) == v for k, v in fields.items()
-            ):
-                return record
+        return self._log.wait_for(event, timeout, **fields)
 
     def channel(self, **options: int) -> grpc.Channel:
         return grpc.insecure_channel(self.address, options=list(options.items()))
