@@ -23,7 +23,7 @@ import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sidecar.errors import NotFoundError, UnavailableError
+from sidecar.errors import InvalidInputError, NotFoundError, UnavailableError
 from sidecar.loader.onnx import FileIdentity, SessionConfig, load
 from sidecar.manager.admission import Admission
 from sidecar.manager.candidates import Candidates
@@ -38,7 +38,7 @@ from sidecar.manager.residency import Residency
 from sidecar.manager.restore import Restorer
 from sidecar.manager.servable import Servable
 from sidecar.manager.version import ModelVersion
-from sidecar.source.repository import parse_version, scan_repository
+from sidecar.source.repository import model_name_problem, parse_version, scan_repository
 from sidecar.state.events import EventLog
 from sidecar.state.store import SavedModel, SavedState, StateStore, VersionRef
 
@@ -168,6 +168,9 @@ class ModelManager:
         entry = self._models.get(model)
         if entry is not None:
             return entry
+        problem = model_name_problem(model)
+        if problem:
+            raise InvalidInputError(problem)  # never a path: '..', '/abs', 'a/1', ''
         if not (self._repository / model).is_dir():
             raise NotFoundError(f"no model '{model[:200]}' in the repository")
         return self._models.setdefault(model, ModelEntry(model))

@@ -49,6 +49,10 @@ class RepositorySync:
 
     async def apply(self, snapshot: Snapshot) -> None:
         names = set(snapshot.models) | {e.name for e in self._manager.entries()}
+        for name in snapshot.unreadable:  # one bad folder is that model's problem only
+            names.discard(name)
+            await self._note_once(name, 0, "model folder cannot be read; left as it is"
+                                  " until it can")
         await asyncio.gather(*(self._sync_model(n, snapshot.models.get(n)) for n in names))
 
     async def _sync_model(self, name: str, seen: dict[int, VersionSeen] | None) -> None:

@@ -19,8 +19,27 @@ from sidecar.errors import InvalidInputError
 _LEN = struct.Struct("<I")
 
 
+#: Limits of a tensor's shape: numpy's rank limit is 64, no model has more than a
+#: handful, and no message can hold more elements than this.
+MAX_RANK = 32
+MAX_ELEMENTS = 2**31
+
+
 def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
+
+
+def check_shape(where: str, shape: tuple[int, ...]) -> None:
+    """Refuse shapes no tensor can have, before anything is allocated for them."""
+    shown = list(shape[:8]) + (["..."] if len(shape) > 8 else [])
+    if len(shape) > MAX_RANK:
+        raise InvalidInputError(f"{where}: shape has {len(shape)} dimensions; at most"
+                                f" {MAX_RANK} are accepted")
+    if any(d < 0 for d in shape):
+        raise InvalidInputError(f"{where}: shape {shown} has a negative dimension")
+    if any(d > MAX_ELEMENTS for d in shape) or element_count(shape) > MAX_ELEMENTS:
+        raise InvalidInputError(f"{where}: shape {shown} holds more than {MAX_ELEMENTS}"
+                                " elements")
 
 
 def decode_raw(where: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> np.ndarray:

@@ -23,7 +23,7 @@ from sidecar.handlers.types import (
     VersionStatistics,
 )
 from sidecar.loader.signature import TensorSpec
-from sidecar.rpc.codec import decode_raw, element_count, encode_raw
+from sidecar.rpc.codec import check_shape, decode_raw, element_count, encode_raw
 from sidecar.rpc.proto import inference_pb2 as pb
 
 #: V2 datatype -> the typed-contents field that carries it (FP16/BF16: raw only).
@@ -49,20 +49,19 @@ def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
     model = msg.model_name
     if raw and len(raw) != len(msg.inputs):
         raise InvalidInputError(
-            f"request for model '{model}' has {len(msg.inputs)} input(s) but"
+            f"request for model '{model[:80]}' has {len(msg.inputs)} input(s) but"
             f" {len(raw)} raw_input_contents entries"
         )
     inputs: list[InferInput] = []
     for index, tensor in enumerate(msg.inputs):
-        where = f"input '{tensor.name}' of model '{model}'"
+        where = f"input '{tensor.name[:80]}' of model '{model[:80]}'"
         datatype = tensor.datatype
         if datatype not in KNOWN_DATATYPES:
             raise InvalidInputError(f"{where}: unknown datatype '{datatype}'")
         if datatype not in NUMPY_DTYPES:
             raise InvalidInputError(f"{where}: datatype {datatype} is not supported")
         shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInputError(f"{where}: shape {list(shape)} has a negative dimension")
+        check_shape(where, shape)
         typed = _typed_values(tensor)
         if raw:
             if typed is not None:

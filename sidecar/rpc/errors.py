@@ -51,9 +51,20 @@ def describe_unexpected(exc: BaseException, method: str) -> str:
     return f"internal error (ref {ref}); see the server log"
 
 
+#: Longest message a client gets: an error that quotes what the client sent (a
+#: 20 KB model name) must not outgrow the status header and kill the stream.
+MAX_MESSAGE = 1000
+
+
+def bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return message[:MAX_MESSAGE - 20] + f"... ({len(message)} characters)"
+
+
 def to_status(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, errors.SidecarError):
-        return status_of(exc), str(exc)
+        return status_of(exc), bounded(str(exc))
     return grpc.StatusCode.INTERNAL, describe_unexpected(exc, method)
 
 

@@ -53,6 +53,8 @@ class VersionSeen:
 class Snapshot:
     models: dict[str, dict[int, VersionSeen]]
     settling: bool  # some version is not complete yet: look again soon
+    #: model folders that could not be read: left as they are until readable
+    unreadable: frozenset[str] = frozenset()
 
 
 def file_state(path: Path) -> FileState | None:
@@ -88,7 +90,8 @@ def take_snapshot(root: Path, settler: Settler) -> Snapshot:
     now = time.time_ns()
     models: dict[str, dict[int, VersionSeen]] = {}
     settling = False
-    for name, versions in scan_repository(root).items():
+    unreadable: set[str] = set()
+    for name, versions in scan_repository(root, unreadable).items():
         seen: dict[int, VersionSeen] = {}
         for number, disk in versions.items():
             state = file_state(disk.path)
@@ -96,7 +99,7 @@ def take_snapshot(root: Path, settler: Settler) -> Snapshot:
             settling = settling or (state is not None and not complete)
             seen[number] = VersionSeen(number, disk.path, state, complete)
         models[name] = seen
-    return Snapshot(models, settling)
+    return Snapshot(models, settling, frozenset(unreadable))
 
 
 def _interesting(change: watchfiles.Change, path: str) -> bool:
