@@ -480,9 +480,10 @@ def _check_serving(m: ModelManager, where: str) -> None:
 
 def _random_command(m: ModelManager, rng: random.Random
                     ) -> tuple[str, Coroutine[Any, Any, Any]]:
-    v = str(rng.randint(1, 4))
-    kind = rng.choice(["activate", "activate", "rollback", "load", "unload", "unload",
-                       "pin", "unpin", "canary", "shadow", "abort"])
+    loaded = sorted(m.entry("tiny").serving.loaded)  # favour versions with a session
+    v = str(rng.choice(loaded) if loaded and rng.random() < 0.5 else rng.randint(1, 4))
+    kind = rng.choice(["activate", "activate", "activate", "rollback", "load", "unload",
+                       "unload", "unload", "pin", "unpin", "canary", "shadow", "abort"])
     if kind == "activate":
         return f"activate {v}", m.activate("tiny", v, actor="cli")
     if kind == "rollback":
@@ -500,6 +501,34 @@ def _random_command(m: ModelManager, rng: random.Random
     return "abort", m.candidates.abort("tiny", actor="cli")
 
 
+async def _release_after(handle: Servable, ticks: int) -> None:
+    for _ in range(ticks):
+        await asyncio.sleep(0)
+    handle.release()
+
+
+async def _probe(m: ModelManager, done: asyncio.Event, failures: list[str]) -> None:
+    """Requests naming no version, one per event-loop tick until `done`: each must be
+    handed a READY version's open session and run on it."""
+    while not done.is_set():
+        try:
+            handle = m.acquire("tiny")
+        except Exception as exc:  # any failure is the finding
+            failures.append(f"acquire: {exc!r}")
+        else:
+            try:
+                if handle.version.phase is not Phase.READY or handle.closed:
+                    failures.append(f"handed {handle.label} while {handle.version.phase.name}"
+                                    f"{' (closed)' if handle.closed else ''}")
+                else:
+                    handle.runner.run({"INPUT0": X})
+            except Exception as exc:
+                failures.append(f"run on {handle.label}: {exc!r}")
+            finally:
+                handle.release()
+        await asyncio.sleep(0)
+
+
 def test_racing_commands_never_leave_a_broken_model(tmp_path: Path) -> None:
     """Random interleavings of activate, rollback, load, unload, pin, canary, shadow
     and abort (fixed seed) always leave the active version READY and serving."""
@@ -508,13 +537,21 @@ def test_racing_commands_never_leave_a_broken_model(tmp_path: Path) -> None:
     async def body(m: ModelManager) -> None:
         _check_serving(m, "start")
         for round_ in range(30):
-            picked = [_random_command(m, rng) for _ in range(rng.randint(2, 5))]
+            picked = [_random_command(m, rng) for _ in range(rng.randint(2, 6))]
             names = [name for name, _ in picked]
-            held = m.acquire("tiny")  # a request in flight across the round
-            results = await asyncio.wait_for(
-                asyncio.gather(*(c for _, c in picked), return_exceptions=True), TIMEOUT)
-            held.release()
-            for name, result in zip(names, results, strict=True):
+            held = m.acquire("tiny")  # a request in flight during the round
+            done, failures = asyncio.Event(), []
+            probe = asyncio.create_task(_probe(m, done, failures))
+            try:
+                results = await asyncio.wait_for(asyncio.gather(
+                    *(c for _, c in picked), _release_after(held, rng.randint(0, 30)),
+                    return_exceptions=True), TIMEOUT)
+                assert await m.retired(TIMEOUT)
+            finally:
+                done.set()
+                await probe
+            assert not failures, f"round {round_} {names}: requests failed: {failures[:3]}"
+            for name, result in zip(names, results, strict=False):
                 if isinstance(result, BaseException) and not isinstance(result, SidecarError):
                     raise AssertionError(f"round {round_} {names}: {name} raised"
                                          f" {result!r}") from result
@@ -542,10 +579,46 @@ def test_a_version_dropped_then_activated_at_once_stays_serving(
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, SidecarError):
                 raise result
+        assert not isinstance(results[1], SidecarError), results[1]
+        assert _serving(m)[0] == 2
         assert await m.retired(5)
-        _check_serving(m, f"{first} 2 racing activate 2: {results}")
+        _check_serving(m, f"{first} 2 racing activate 2")
 
     run(_repo(tmp_path / "r"), tmp_path / "s", body)
+
+
+@pytest.mark.parametrize("model", ["other", "tiny"])
+def test_unload_waits_only_for_its_own_drain(tmp_path: Path, model: str) -> None:
+    """Unloading a version returns once *its* session closed, while a request still
+    holds a session of another version (of the same or another model) draining."""
+    repo = _repo(tmp_path / "r")
+    for v in (1, 2, 3):
+        make_models.write_model(make_models.tiny_model(v), repo, "other", v)
+
+    async def body(m: ModelManager) -> None:
+        held = m.acquire("tiny", "2")
+        await m.activate("tiny", "1", actor="cli")  # tiny 2 evicted, draining for `held`
+        assert _serving(m) == (1, 3) and not held.closed
+        target = "3" if model == "tiny" else "2"  # a warm previous version, not held
+        leaving = m.entry(model).versions[int(target)].servable
+        assert leaving is not None
+        events = m.events.subscribe()
+        unloading = asyncio.create_task(m.unload(model, target, actor="cli"))
+        try:
+            while True:  # the unload is durable once its event is published
+                event = await asyncio.wait_for(events.next(), TIMEOUT)
+                assert event is not None
+                if event.action == "unload" and event.model == model:
+                    break
+            finished = await _until(unloading.done)
+            assert finished, f"unload of {model} {target} waits for tiny 2's unrelated drain"
+            assert leaving.closed and not held.closed
+        finally:
+            held.release()
+            await asyncio.wait_for(unloading, TIMEOUT)
+        assert await m.retired(5) and held.closed
+
+    run(repo, tmp_path / "s", body)
 
 
 # ---- 11. the state file belongs to its repository ------------------------------------------

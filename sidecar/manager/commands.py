@@ -55,6 +55,8 @@ class Parts:
     entry_for: Callable[[str], ModelEntry]  # one that may exist only on disk
     notify: Callable[[ModelEntry], Awaitable[None]]
     swapped: SwapHook
+    #: awaited before a version newly serves (the crash-loop guard's record)
+    will_serve: Callable[[ModelEntry, ModelVersion], Awaitable[None]]
 
 
 def check_pin(entry: ModelEntry, actor: str) -> None:
@@ -73,6 +75,8 @@ class Change:
         self._pending: list[tuple[asyncio.Future[None], Event | None]] = []
         self.undo: Callable[[], None] | None = None
         self._taken: list[Leaving] = []
+        #: the drains this change started, once it is durable
+        self.retiring: list[asyncio.Task[None]] = []
 
     def drop(self, versions: list[ModelVersion]) -> None:
         """Versions this change takes out of serving: UNLOADING now (under the
@@ -99,7 +103,7 @@ class Change:
                     await self._parts.notify(self.entry)
             self._parts.residency.finish(self._taken)
             raise
-        self._parts.residency.finish(self._taken)
+        self.retiring = self._parts.residency.finish(self._taken)
 
 
 class Commands:
@@ -168,6 +172,7 @@ class Commands:
                     raise
                 if old is version:
                     return SwapResult(model, old, version, 0, time.perf_counter_ns() - start)
+                await p.will_serve(entry, version)  # durable before its first answer
                 change = Change(p, entry)
                 self.end_candidate(entry, version, f"superseded by activate of version"
                                    f" {version.number} ({actor})", change)
@@ -307,7 +312,7 @@ class Commands:
                     from_digest=version.digest))
             await p.notify(entry)
         await change.settle()
-        await p.residency.retired()
+        await asyncio.gather(*change.retiring)  # this unload's drains, not others'
 
     # ---- settings of a model -----------------------------------------------------------
 

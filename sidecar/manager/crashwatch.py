@@ -2,8 +2,10 @@
 
 At start `begin` judges the record the last run left (`crashloop.judge`) and
 saves the new counts before anything loads, so a crash during loading is not
-counted twice. While serving, every change of a model's active version is
-recorded (fsynced on the journal's I/O thread, never on the request path), and
+counted twice. A version about to serve (restored at start, or activated) is
+recorded and fsynced *before* it can answer (`will_serve`, on the journal's I/O
+thread, never on the request path); a rollback's target is recorded in the
+background (it served before: its first answers are not new). Then
 once a version has served `window_s` seconds it is marked as having survived
 the window. A clean stop marks the record clean: it never counts as a crash.
 """
@@ -52,10 +54,25 @@ class CrashWatch:
             store, record = self._store, self._record
             await self._journal.run(lambda: store.save(record))
 
+    async def will_serve(self, model: str, version: int, digest: str) -> None:
+        """Record durably that `model` is about to serve these bytes: called before
+        a new version can answer, so one that kills the process on its first
+        requests is counted against itself, never against the version before it."""
+        if self._set(model, version, digest):
+            await self._save()
+
     def serving(self, model: str, version: int, digest: str) -> None:
-        """Record (in the background) that `model` now serves these bytes."""
+        """Record (in the background) that `model` now serves these bytes (after a
+        rollback: the version served before, so its first answers are not new)."""
+        if self._set(model, version, digest):
+            self._background()
+
+    def _set(self, model: str, version: int, digest: str) -> bool:
         if self._store is None:
-            return
+            return False
+        current = self._record.models.get(model)
+        if current is not None and (current.version, current.digest) == (version, digest):
+            return False
         since = time.time()
         self._record = self._record.serving(model, version, digest, since)
         timer = self._timers.pop(model, None)
@@ -64,7 +81,7 @@ class CrashWatch:
         loop = asyncio.get_running_loop()
         self._timers[model] = loop.call_later(self.window_s, self._survived, model, digest,
                                               since)
-        self._background()
+        return True
 
     def not_serving(self, model: str) -> None:
         if self._store is None:

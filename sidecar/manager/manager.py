@@ -80,7 +80,7 @@ class ModelManager:
                                   window_s=crash_window_s, limit=crash_limit)
         parts = Parts(self.journal, self.events, self.loading, self.residency, self.refs,
                       Admission(self.loading, self.quarantine), self.quarantine, self.entry,
-                      self._entry_for, self.notify, self._swapped)
+                      self._entry_for, self.notify, self._swapped, self._will_serve)
         self.commands = Commands(parts)
         self.candidates = Candidates(parts, self.commands)
         self.started = False
@@ -177,6 +177,9 @@ class ModelManager:
 
     # ---- hooks ------------------------------------------------------------------------------
 
+    async def _will_serve(self, entry: ModelEntry, version: ModelVersion) -> None:
+        await self.crashes.will_serve(entry.name, version.number, version.digest)
+
     def _swapped(self, entry: ModelEntry, before: ModelVersion | None, actor: str) -> None:
         active = entry.serving.active
         if active is not None and active is not before:
@@ -225,7 +228,7 @@ class ModelManager:
             self._models[name] = entry
         restorer = Restorer(self.loading, self.journal, self.events,
                             warm_versions=self.warm_versions, quarantine=self.quarantine,
-                            notify=self.notify)
+                            notify=self.notify, will_serve=self._will_serve)
         await asyncio.gather(*(restorer.restore(e, saved.models.get(e.name))
                                for e in self._models.values()))
         for entry in self._models.values():
@@ -236,7 +239,6 @@ class ModelManager:
                 # What a first start serves is not "new" to the watcher; versions
                 # above it (they failed to load) are, and are retried on change.
                 entry.watermark = active.number
-            self.crashes.serving(entry.name, active.number, active.digest)
         await self.journal.persist()
         self.started = True
 

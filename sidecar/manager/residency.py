@@ -68,13 +68,16 @@ class Residency:
                     and version.phase is Phase.UNLOADING:
                 version.phase = Phase.READY
 
-    def finish(self, taken: list[Leaving]) -> None:
-        """Drain and close sessions taken out, in the background."""
+    def finish(self, taken: list[Leaving]) -> list[asyncio.Task[None]]:
+        """Drain and close sessions taken out, in the background (the tasks)."""
+        tasks = []
         for version, leaving in taken:
             task = asyncio.get_running_loop().create_task(
                 self._loading.finish_unload(version, leaving))
             self._retiring[task] = leaving
             task.add_done_callback(self._forget)
+            tasks.append(task)
+        return tasks
 
     def retire(self, versions: list[ModelVersion]) -> None:
         """Take out, then drain and close in the background."""

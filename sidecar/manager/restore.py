@@ -36,13 +36,15 @@ ACTOR = "startup"
 class Restorer:
     def __init__(self, loading: VersionLoading, journal: Journal, events: EventLog, *,
                  warm_versions: int, quarantine: Mapping[str, str],
-                 notify: Callable[[ModelEntry], Awaitable[None]]) -> None:
+                 notify: Callable[[ModelEntry], Awaitable[None]],
+                 will_serve: Callable[[ModelEntry, ModelVersion], Awaitable[None]]) -> None:
         self._loading = loading
         self._journal = journal
         self._events = events
         self._warm = warm_versions
         self._quarantine = quarantine
         self._notify = notify
+        self._will_serve = will_serve
 
     async def restore(self, entry: ModelEntry, saved: SavedModel | None) -> None:
         async with entry.lock:
@@ -70,6 +72,7 @@ class Restorer:
                 return
             previous = await self._previous(entry, saved, active)
             loaded = {v.number: v for v in (previous, active) if v is not None}
+            await self._will_serve(entry, active)  # durable before its first answer
             entry.serving = ServingState(active, previous, MappingProxyType(loaded))
             active.activated_at = time.time()
             if fallback:
