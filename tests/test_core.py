@@ -452,6 +452,28 @@ def test_a_change_that_cannot_be_saved_changes_nothing(tmp_path: Path) -> None:
     run(_repo(tmp_path / "r"), tmp_path / "s", body, store=store)
 
 
+def test_a_version_loaded_for_an_unsaved_activation_is_not_left_loaded(
+        tmp_path: Path) -> None:
+    """A version loaded only for an activation that could not be saved is unloaded
+    again, as when the activation is refused for any other reason."""
+    store = FullDiskStore(tmp_path / "s")
+
+    async def body(m: ModelManager) -> None:
+        entry = m.entry("tiny")
+        one = entry.versions[1]
+        assert one.phase is Phase.UNLOADED
+        store.full = True
+        with pytest.raises(UnavailableError):
+            await m.activate("tiny", "1", actor="cli")
+        store.full = False
+        assert await m.retired(5)
+        assert entry.serving.role(one) is None
+        assert one.phase is Phase.UNLOADED and one.servable is None, \
+            f"version 1 left {one.phase.name} with an open session outside serving"
+
+    run(_repo(tmp_path / "r"), tmp_path / "s", body, store=store)
+
+
 # ---- 10. racing commands never leave a broken model ----------------------------------------
 
 

@@ -97,7 +97,9 @@ class Change:
                 if self.entry.serving is after:
                     self.entry.serving = self.before
                     self._parts.residency.put_back(self._taken)
-                    self._taken = []
+                    # a version loaded only for this change has no place any more
+                    self._taken = self._parts.residency.take_out(
+                        [v for v in after.loaded.values() if self.before.role(v) is None])
                     if self.undo is not None:
                         self.undo()
                     await self._parts.notify(self.entry)
