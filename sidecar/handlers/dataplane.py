@@ -38,6 +38,9 @@ PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "sidecar"
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "health", "reflection")
 T = TypeVar("T")
+#: BYTES tensors above either size are decoded in the pool (see `_decode`).
+_INLINE_BYTES_ELEMENTS = 4096
+_INLINE_BYTES = 1 << 20
 
 
 class DataPlane:
@@ -139,6 +142,15 @@ class DataPlane:
 
     # ---- inference -------------------------------------------------------------
 
+    async def _decode(self, tensor: InferInput) -> np.ndarray:
+        """A checked input's array; a large BYTES tensor (decoded element by element
+        in Python) is decoded in the pool, so the event loop keeps answering."""
+        if tensor.data is None and tensor.datatype == "BYTES" and (
+                tensor.elements > _INLINE_BYTES_ELEMENTS or tensor.size > _INLINE_BYTES):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, tensor.array)
+        return tensor.array()
+
     @staticmethod
     def _failed(handle: Servable, start: int) -> None:
         """A server-side failure: counted, and told to the observer (the guard)."""
@@ -154,10 +166,13 @@ class DataPlane:
         handle = self._manager.acquire(request.model, request.version)
         try:
             signature = handle.signature
-            feeds = _validated_feeds(handle, signature, request.inputs)
+            checked = _validated_inputs(handle, signature, request.inputs)
             names = _requested_outputs(handle, signature, request.outputs)
+            decoding = time.perf_counter_ns()
+            feeds = {name: await self._decode(tensor) for name, tensor in checked.items()}
+            decode_ns = request.decode_ns + time.perf_counter_ns() - decoding
             stats = handle.stats
-            elements = sum(t.data.size for t in request.inputs) or 1
+            elements = sum(t.elements for t in request.inputs) or 1
             try:
                 # Inline only when this request is predicted short: a large batch on a
                 # model that is usually fast still goes to the pool.
@@ -182,7 +197,7 @@ class DataPlane:
             end = time.perf_counter_ns()
             first = request.inputs[0].shape if request.inputs else ()
             stats.record_success(end - start, infer_ns, first[0] if first else 1, elements)
-            stats.compute_input.add(request.decode_ns)
+            stats.compute_input.add(decode_ns)
             if queued_ns:
                 stats.queue.add(queued_ns)
             if handle.observer is not None:
@@ -218,38 +233,40 @@ def _non_finite(names: list[str], arrays: list[np.ndarray]) -> str:
     return ""
 
 
-def _validated_feeds(
+def _validated_inputs(
     version: Servable, signature: Signature, inputs: list[InferInput]
-) -> dict[str, np.ndarray]:
+) -> dict[str, InferInput]:
+    """The inputs by name, once names, datatypes and shapes fit the signature
+    (before any of them is decoded)."""
     specs = signature.input_by_name
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, InferInput] = {}
     sizes: dict[str, int] = {}
     for tensor in inputs:
         spec = specs.get(tensor.name)
         if spec is None:
             known = ", ".join(specs) or "none"
             raise InvalidInputError(
-                f"{version.label} has no input '{tensor.name}' (its inputs: {known})"
+                f"{version.label} has no input '{tensor.name[:80]}' (its inputs: {known})"
             )
         if tensor.name in feeds:
-            raise InvalidInputError(f"input '{tensor.name}' is given twice")
+            raise InvalidInputError(f"input '{tensor.name[:80]}' is given twice")
         if tensor.datatype != spec.datatype:
             raise InvalidInputError(
-                f"input '{tensor.name}' of {version.label} expects datatype {spec.datatype},"
+                f"input '{tensor.name[:80]}' of {version.label} expects datatype {spec.datatype},"
                 f" got {tensor.datatype}"
             )
         if not spec.fits(tensor.shape):
             raise InvalidInputError(
-                f"input '{tensor.name}' of {version.label} expects shape {list(spec.shape)},"
+                f"input '{tensor.name[:80]}' of {version.label} expects shape {list(spec.shape)},"
                 f" got {list(tensor.shape)}"
             )
         for symbol, size in zip(spec.symbols, tensor.shape, strict=False):
             if symbol is not None and sizes.setdefault(symbol, size) != size:
                 raise InvalidInputError(
-                    f"input '{tensor.name}' of {version.label}: dimension '{symbol}' is"
+                    f"input '{tensor.name[:80]}' of {version.label}: dimension '{symbol}' is"
                     f" {size} here but {sizes[symbol]} in another input"
                 )
-        feeds[tensor.name] = tensor.data
+        feeds[tensor.name] = tensor
     if len(feeds) != len(specs):
         missing = ", ".join(name for name in specs if name not in feeds)
         raise InvalidInputError(f"{version.label} needs input(s) {missing}, which are missing")
@@ -266,7 +283,7 @@ def _requested_outputs(
         if name not in specs:
             known = ", ".join(specs)
             raise InvalidInputError(
-                f"{version.label} has no output '{name}' (its outputs: {known})"
+                f"{version.label} has no output '{name[:80]}' (its outputs: {known})"
             )
     if len(set(requested)) != len(requested):
         raise InvalidInputError("an output is requested twice")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,10 +13,27 @@ from sidecar.loader.signature import TensorSpec
 
 @dataclass(slots=True)
 class InferInput:
+    """One input tensor. The rpc layer may leave `data` to `decode`, so that a
+    request is checked against the model (name, datatype, shape) before any
+    time is spent decoding it."""
+
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: np.ndarray
+    data: np.ndarray | None = None
+    decode: Callable[[], np.ndarray] | None = None
+    #: bytes on the wire: large BYTES tensors are decoded off the event loop
+    size: int = 0
+
+    def array(self) -> np.ndarray:
+        if self.data is None:
+            assert self.decode is not None
+            self.data = self.decode()
+        return self.data
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
 
 
 @dataclass(slots=True)

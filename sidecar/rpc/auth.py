@@ -69,8 +69,10 @@ def _refusing(handler: Any, code: grpc.StatusCode, message: str) -> Any:
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
     make = kinds[(handler.request_streaming, handler.response_streaming)]
+    # No deserializer: the refused request is never read, so a payload that does
+    # not even parse is refused for its missing token first.
     return make(streaming if handler.response_streaming else unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=None,
                 response_serializer=handler.response_serializer)
 
 

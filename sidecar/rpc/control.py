@@ -9,6 +9,7 @@ import grpc
 
 from sidecar.handlers.control import ControlPlane
 from sidecar.rpc import control_converters as conv
+from sidecar.rpc.decoding import refuse_undecodable
 from sidecar.rpc.errors import guarded, to_status
 from sidecar.rpc.proto import control_pb2 as pb
 from sidecar.rpc.proto import control_pb2_grpc as pb_grpc
@@ -128,6 +129,7 @@ class ControlServicer(pb_grpc.ModelControlServicer):
 
     async def WatchEvents(self, request: Any, context: Context) -> AsyncIterator[pb.Event]:
         try:
+            refuse_undecodable(request)
             async for event in self._control.watch(after=request.after_seq,
                                                    model=request.model):
                 yield conv.event(event)

@@ -8,6 +8,7 @@ the order of `outputs`, which is what tritonclient decodes.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 import numpy as np
@@ -69,10 +70,18 @@ def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
                     f"{where}: has typed contents while the request uses raw_input_contents;"
                     " use one form for all inputs"
                 )
-            data = decode_raw(where, datatype, shape, raw[index])
+            buf = raw[index]
+            decode = functools.partial(decode_raw, where, datatype, shape, buf)
+            size = len(buf)
         else:
-            data = _decode_typed(where, datatype, shape, typed)
-        inputs.append(InferInput(tensor.name, datatype, shape, data))
+            if typed is not None and datatype not in TYPED_FIELDS:
+                raise InvalidInputError(f"{where}: {datatype} has no typed contents field;"
+                                        " send it in raw_input_contents")
+            decode = functools.partial(_decode_typed, where, datatype, shape, typed)
+            size = len(typed[1]) if typed is not None else 0
+        # Decoded by the handler once the model, name, datatype and shape are known
+        # to fit: a request for an unknown model costs nothing to refuse.
+        inputs.append(InferInput(tensor.name, datatype, shape, decode=decode, size=size))
     return InferRequest(
         model=model,
         version=msg.model_version,

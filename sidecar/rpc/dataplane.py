@@ -11,6 +11,7 @@ from sidecar.errors import PermissionDeniedError, UnimplementedError
 from sidecar.handlers.dataplane import DataPlane
 from sidecar.handlers.types import InferRequest
 from sidecar.rpc import converters
+from sidecar.rpc.decoding import refuse_undecodable
 from sidecar.rpc.errors import guarded, to_status
 from sidecar.rpc.proto import inference_pb2 as pb
 from sidecar.rpc.proto import inference_pb2_grpc as pb_grpc
@@ -71,12 +72,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _outcome(self, request: Any, code: str, start: float, version: str = "") -> None:
         # Unknown model names come from clients: one label for all of them.
-        model = request.model_name if self._plane.model_known(request.model_name) else "_unknown"
+        name = getattr(request, "model_name", "")
+        model = name if self._plane.model_known(name) else "_unknown"
         key = (model, code)
         self._outcomes[key] = self._outcomes.get(key, 0) + 1
         if self._access_log:
             access.info("infer", extra={
-                "model": request.model_name, "version": version, "id": request.id,
+                "model": name[:200], "version": version, "id": getattr(request, "id", ""),
                 "code": code, "ms": round((time.perf_counter() - start) * 1e3, 3)})
 
     async def ModelInfer(self, request: Any, context: Context) -> pb.ModelInferResponse:
@@ -106,7 +108,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(
                     error_message=message,
                     infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name, id=request.id
+                        model_name=getattr(request, "model_name", ""),
+                        id=getattr(request, "id", ""),
                     ),
                 )
             else:
@@ -136,6 +139,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 def _decoded(request: Any) -> InferRequest:
     """The request's tensors as arrays, with the time decoding took."""
+    refuse_undecodable(request)
     start = time.perf_counter_ns()
     decoded = converters.infer_request(request)
     decoded.decode_ns = time.perf_counter_ns() - start

@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar
 import grpc
 
 from sidecar import errors
+from sidecar.rpc.decoding import refuse_undecodable
 
 log = logging.getLogger("sidecar.rpc")
 
@@ -78,6 +79,7 @@ def guarded(method: Method[T]) -> Method[T]:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
+            refuse_undecodable(request)
             return await method(self, request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
