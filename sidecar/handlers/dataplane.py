@@ -151,6 +151,28 @@ class DataPlane:
             return await loop.run_in_executor(self._executor, tensor.array)
         return tensor.array()
 
+    async def _fails_elsewhere(self, handle: Servable, feeds: dict[str, np.ndarray],
+                               names: list[str]) -> bool:
+        """Whether a watched version's failure is the input's: the same input fails
+        on the version it is judged against (the warm previous one for the active
+        version, the active one for a candidate) too. Only on failures, only while
+        the guard watches (a failure of an unwatched version judges nothing)."""
+        if handle.observer is None:
+            return False
+        other = self._manager.acquire_reference(handle)
+        if other is None:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, other.runner.run, feeds, names)
+        except ModelExecutionError:
+            return True
+        except Exception:  # e.g. the other version's signature differs: no verdict
+            return False
+        finally:
+            other.release()
+        return False
+
     @staticmethod
     def _failed(handle: Servable, start: int) -> None:
         """A server-side failure: counted, and told to the observer (the guard)."""
@@ -186,11 +208,15 @@ class DataPlane:
                         self._executor, _timed_run, handle.runner, feeds, names)
                     queued_ns = began - submitted
             except ModelExecutionError as exc:
+                if await self._fails_elsewhere(handle, feeds, names):
+                    raise InvalidInputError(
+                        f"the input fails on {handle.label} and on the version it is"
+                        f" compared with alike, so it is the input: {exc}") from exc
                 self._failed(handle, start)
                 raise ModelExecutionError(f"{handle.label} failed: {exc}") from exc
             if self._nonfinite is not None and self._nonfinite(handle.model):
                 bad = _non_finite(names, arrays)
-                if bad:
+                if bad and not _non_finite(list(feeds), list(feeds.values())):
                     self._failed(handle, start)
                     raise ModelExecutionError(f"{handle.label} produced non-finite values"
                                               f" in output '{bad}'")

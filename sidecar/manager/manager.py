@@ -110,6 +110,25 @@ class ModelManager:
         servable.inflight += 1
         return servable
 
+    def acquire_reference(self, handle: Servable) -> Servable | None:
+        """A handle on the version `handle`'s version is judged against (the warm
+        previous one for the active version, the active one for a candidate), or
+        None; the caller must `release()` it."""
+        entry = self._models.get(handle.model)
+        if entry is None:
+            return None
+        serving = entry.serving
+        active = serving.active
+        if active is not None and active.servable is handle:
+            other = serving.previous
+        else:
+            other = active
+        servable = other.servable if other is not None else None
+        if servable is None or servable is handle or servable.closed:
+            return None
+        servable.inflight += 1
+        return servable
+
     def _why_not_loaded(self, entry: ModelEntry, text: str, number: int | None
                         ) -> NotFoundError | UnavailableError:
         known = entry.versions.get(number) if number is not None else None
