@@ -9,6 +9,7 @@ calls, let in-flight calls finish within the grace period, unload, exit 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import os
@@ -105,7 +106,15 @@ def _open_state(settings: Settings) -> tuple[StateStore, EventLog]:
                       keep=settings.events_keep)
     try:
         store.open()
-        events.open()
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise ConfigError(f"state directory {settings.state_path}: {exc.strerror}") from exc
+        # Serving matters more than saving: commands will answer UNAVAILABLE
+        # (nothing changed) until space is freed.
+        log.error("state directory is full: serving, but no change can be saved until"
+                  " space is freed", extra={"state_dir": str(settings.state_path)})
+    try:
+        events.open(seq_floor=store.peek_last_seq())
     except OSError as exc:
         raise ConfigError(f"state directory {settings.state_path}: {exc.strerror}") from exc
     return store, events

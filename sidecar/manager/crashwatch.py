@@ -52,7 +52,11 @@ class CrashWatch:
     async def _save(self) -> None:
         if self._store is not None:
             store, record = self._store, self._record
-            await self._journal.run(lambda: store.save(record))
+            try:
+                await self._journal.run(lambda: store.save(record))
+            except OSError as exc:  # serving matters more than this record
+                log.error("serving record not saved",
+                          extra={"reason": exc.strerror or str(exc)})
 
     async def will_serve(self, model: str, version: int, digest: str) -> None:
         """Record durably that `model` is about to serve these bytes: called before

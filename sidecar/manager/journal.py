@@ -13,6 +13,7 @@ command's fsyncs, and every command is acknowledged only once it is on disk.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 from sidecar.errors import UnavailableError
 from sidecar.state.events import Event, EventLog
 from sidecar.state.store import SavedState, StateStore
+
+log = logging.getLogger("sidecar.state")
 
 
 class Journal:
@@ -56,8 +59,14 @@ class Journal:
         await self.commit(None)
 
     async def record(self, event: Event) -> None:
-        """Append an event that changes no persisted state."""
-        await asyncio.get_running_loop().run_in_executor(self._io, self._events.write, event)
+        """Append an event that changes no persisted state. One that cannot be
+        written (disk full) is still published and logged: nothing depends on it."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, self._events.write,
+                                                             event)
+        except OSError as exc:
+            log.error("event not saved", extra={"seq": event.seq, "action": event.action,
+                                                "reason": exc.strerror or str(exc)})
         self._events.publish(event)
 
     async def run(self, work: Callable[[], Any]) -> Any:

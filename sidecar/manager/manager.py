@@ -40,6 +40,7 @@ from sidecar.manager.servable import Servable
 from sidecar.manager.version import ModelVersion
 from sidecar.source.repository import model_name_problem, parse_version, scan_repository
 from sidecar.state.events import EventLog
+from sidecar.state.rebuild import rebuild
 from sidecar.state.store import SavedModel, SavedState, StateStore, VersionRef
 
 log = logging.getLogger("sidecar.manager")
@@ -258,7 +259,10 @@ class ModelManager:
                 # What a first start serves is not "new" to the watcher; versions
                 # above it (they failed to load) are, and are retried on change.
                 entry.watermark = active.number
-        await self.journal.persist()
+        try:
+            await self.journal.persist()
+        except UnavailableError as exc:  # a full disk: serve anyway, and say so
+            log.error("serving state not saved at start", extra={"reason": str(exc)})
         self.started = True
 
     def _saved_state(self) -> SavedState:
@@ -266,6 +270,10 @@ class ModelManager:
             return SavedState()
         saved = self._store.load()
         mine = str(self._repository.absolute())
+        if self._store.damaged:
+            saved = rebuild(self.events.history(), mine)
+            log.error("state rebuilt from the event log",
+                      extra={"models": sorted(saved.models), "quarantined": len(saved.quarantine)})
         if saved.repository and saved.repository != mine:
             self._store.set_aside(
                 "other-repository",
@@ -363,7 +371,8 @@ class ModelManager:
                 ("canary" if candidate is serving.canary else "shadow",
                  VersionRef(candidate.number, candidate.digest)) if candidate else None,
             )
-        return SavedState(models, dict(self.quarantine), str(self._repository.absolute()))
+        return SavedState(models, dict(self.quarantine), str(self._repository.absolute()),
+                          self.events.last_seq)
 
     async def close(self, grace: float = 20.0) -> None:
         """Unload everything (after the servers stopped taking calls); every drain

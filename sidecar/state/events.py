@@ -372,6 +372,19 @@ class EventLog:
                 if not page.offer(event, size):
                     return
 
+    def history(self) -> list[Event]:
+        """Every event still in the files, oldest first (blocking: at start, to
+        rebuild a lost state file)."""
+        if self.path is None:
+            return [event for event, _ in self._recent]
+        with self._files_lock:
+            handles = eventfiles.open_all(self.path)
+        try:
+            return [event for event, _ in _read(handles, "")]
+        finally:
+            for handle in handles:
+                handle.close()
+
     def subscribe(self) -> Subscription:
         sub = Subscription(self)
         self._subscribers.add(sub)

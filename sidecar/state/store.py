@@ -87,11 +87,14 @@ class SavedState:
     quarantine: dict[str, str] = field(default_factory=dict)
     #: The model repository this state describes (absolute path, as configured).
     repository: str = ""
+    #: The highest event sequence number when this was saved.
+    last_seq: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "repository": self.repository,
+            "last_seq": self.last_seq,
             "models": {name: m.to_json() for name, m in sorted(self.models.items())},
             "quarantine": dict(sorted(self.quarantine.items())),
         }
@@ -103,7 +106,8 @@ class SavedState:
         models = {str(name): SavedModel.from_json(m)
                   for name, m in data.get("models", {}).items()}
         quarantine = {str(k): str(v) for k, v in data.get("quarantine", {}).items()}
-        return SavedState(models, quarantine, str(data.get("repository", "")))
+        return SavedState(models, quarantine, str(data.get("repository", "")),
+                          int(data.get("last_seq", 0)))
 
 
 def fsync_directory(directory: Path) -> None:
@@ -137,6 +141,9 @@ class StateStore:
         probe.write_bytes(b"")
         probe.unlink()
 
+    #: set when `load` found the file damaged (and set it aside)
+    damaged = False
+
     def load(self) -> SavedState:
         """The saved state, or an empty one (no file yet, or an unreadable one,
         which is logged and kept aside as state.json.corrupt for inspection)."""
@@ -144,19 +151,38 @@ class StateStore:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return SavedState()
+        except OSError as exc:  # a directory in its place, unreadable...
+            self.damaged = True
+            self.set_aside("corrupt", f"state file unreadable ({exc.strerror or exc});"
+                           " starting without it")
+            return SavedState()
         try:
             return SavedState.from_json(json.loads(raw))
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError,
+                RecursionError) as exc:
+            self.damaged = True
             self.set_aside("corrupt", f"state file unreadable ({exc});"
                            " starting without saved state")
             return SavedState()
 
-    def set_aside(self, suffix: str, why: str) -> Path:
+    def set_aside(self, suffix: str, why: str) -> None:
         """Move the state file out of the way (kept for inspection), with a warning."""
-        aside = self.path.with_name(f"{STATE_FILE}.{suffix}-{int(time.time())}")
-        os.replace(self.path, aside)
-        log.error(why, extra={"path": str(self.path), "kept_as": str(aside)})
-        return aside
+        aside = self.path.with_name(f"{STATE_FILE}.{suffix}-{time.time_ns()}")
+        try:
+            os.replace(self.path, aside)
+            kept = str(aside)
+        except OSError as exc:
+            kept = f"not set aside: {exc.strerror or exc}"
+        log.error(why, extra={"path": str(self.path), "kept_as": kept})
+
+    def peek_last_seq(self) -> int:
+        """The last event sequence number the state file recorded (0 if unknown),
+        without judging the file: the event log never numbers below it."""
+        try:
+            value = json.loads(self.path.read_bytes()).get("last_seq", 0)
+        except (OSError, ValueError, AttributeError, RecursionError):
+            return 0
+        return value if isinstance(value, int) and value > 0 else 0
 
     def save(self, state: SavedState) -> None:
         data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
