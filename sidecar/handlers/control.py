@@ -101,6 +101,18 @@ def _ref(version: ModelVersion | None) -> Ref | None:
     return Ref(version.number, version.digest) if version is not None else None
 
 
+#: Longest free text a command may carry into the event log (a reason): more is
+#: refused, so no client can bloat the history or the memory that pages it.
+MAX_REASON = 1024
+MAX_GUARD_TEXT = 64
+
+
+def check_reason(reason: str) -> str:
+    if len(reason) > MAX_REASON:
+        raise InvalidInputError(f"reason is {len(reason)} characters; at most {MAX_REASON}")
+    return reason
+
+
 def check_actor(actor: str, default: str) -> str:
     actor = actor or default
     if not _ACTOR.match(actor):
@@ -167,27 +179,28 @@ class ControlPlane:
         if not ref:
             raise InvalidInputError("load needs a version (number or digest prefix)")
         version = await self._manager.load(model, ref, actor=check_actor(actor, "rpc"),
-                                           reason=reason)
+                                           reason=check_reason(reason))
         return await self.version_view(self._manager.entry(model), version)
 
     async def activate(self, model: str, ref: str, *, actor: str, expected_active: str,
                        force: bool, reason: str) -> SwapResult:
         return await self._manager.activate(
             model, ref, actor=check_actor(actor, "rpc"), expected_active=expected_active,
-            force=force, reason=reason)
+            force=force, reason=check_reason(reason))
 
     async def rollback(self, model: str, *, actor: str, expected_active: str, reason: str,
                        force: bool = False) -> SwapResult:
         return await self._manager.rollback(
             model, actor=check_actor(actor, "rpc"), expected_active=expected_active,
-            force=force, reason=reason)
+            force=force, reason=check_reason(reason))
 
     async def unload(self, model: str, ref: str, *, actor: str, reason: str) -> None:
-        await self._manager.unload(model, ref, actor=check_actor(actor, "rpc"), reason=reason)
+        await self._manager.unload(model, ref, actor=check_actor(actor, "rpc"),
+                                   reason=check_reason(reason))
 
     async def pin(self, model: str, pinned: bool, *, actor: str, reason: str) -> bool:
         await self._manager.set_pinned(model, pinned, actor=check_actor(actor, "rpc"),
-                                       reason=reason)
+                                       reason=check_reason(reason))
         return pinned
 
     # ---- guard, candidates, quarantine ---------------------------------------------
@@ -208,6 +221,11 @@ class ControlPlane:
                         actor: str) -> GuardView:
         guard = self._need_guard()
         entry = self._manager.entry(model)
+        too_long = [k for k, v in changes.items()
+                    if len(k) > MAX_GUARD_TEXT or len(str(v)) > MAX_GUARD_TEXT]
+        if too_long:
+            raise InvalidInputError(f"guard setting '{too_long[0][:MAX_GUARD_TEXT]}': keys and"
+                                    f" values are at most {MAX_GUARD_TEXT} characters")
         merged = {} if reset else dict(entry.guard)
         merged.update({k: str(v) for k, v in changes.items()})
         try:
@@ -224,19 +242,19 @@ class ControlPlane:
             raise InvalidInputError(f"{kind} needs a version (number or digest prefix)")
         version = await self._manager.candidates.start(
             model, ref, kind=kind, weight=weight_percent / 100, force=force,
-            actor=check_actor(actor, "rpc"), reason=reason)
+            actor=check_actor(actor, "rpc"), reason=check_reason(reason))
         return CandidateView(model, Ref(version.number, version.digest), kind, {})
 
     async def promote(self, model: str, *, actor: str, reason: str) -> SwapResult:
         return await self._manager.candidates.promote(model, actor=check_actor(actor, "rpc"),
-                                                      reason=reason)
+                                                      reason=check_reason(reason))
 
     async def abort(self, model: str, *, actor: str, reason: str) -> CandidateView:
         serving = self._manager.entry(model).serving
         kind = "canary" if serving.canary is not None else "shadow"
         figures = self.shadow_figures(model)
         version = await self._manager.candidates.abort(model, actor=check_actor(actor, "rpc"),
-                                                       reason=reason)
+                                                       reason=check_reason(reason))
         return CandidateView(model, Ref(version.number, version.digest), kind, figures)
 
     def shadow_figures(self, model: str) -> dict[str, str]:
@@ -250,13 +268,13 @@ class ControlPlane:
     async def quarantine(self, model: str, ref: str, *, actor: str, reason: str
                          ) -> tuple[str, dict[str, str]]:
         digest = await self._manager.quarantine_version(
-            model, ref, actor=check_actor(actor, "rpc"), reason=reason)
+            model, ref, actor=check_actor(actor, "rpc"), reason=check_reason(reason))
         return digest, dict(self._manager.quarantine)
 
     async def unquarantine(self, prefix: str, *, actor: str, reason: str
                            ) -> tuple[str, dict[str, str]]:
         digest = await self._manager.unquarantine(
-            prefix, actor=check_actor(actor, "rpc"), reason=reason)
+            prefix, actor=check_actor(actor, "rpc"), reason=check_reason(reason))
         return digest, dict(self._manager.quarantine)
 
     async def events(self, *, after: int, limit: int, model: str) -> tuple[list[Event], int]:
