@@ -9,6 +9,7 @@ the outcome. Everything else answers questions from the manager's state.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -92,7 +93,10 @@ class DataPlane:
         versions = [str(n) for n in sorted(entry.serving.loaded)]
         return ModelMetadata(model, versions, PLATFORM, signature.inputs, signature.outputs)
 
-    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+    def repository_index(self, ready_only: bool = False, *, detailed: bool = True
+                         ) -> list[IndexEntry]:
+        """Every version on disk. Not `detailed` (the inference port): reasons keep
+        their first line without server paths; the control plane has the rest."""
         rows: list[IndexEntry] = []
         for entry in self._manager.entries():
             for number in sorted(entry.versions):
@@ -101,6 +105,8 @@ class DataPlane:
                 if ready_only and entry.serving.role(version) is None:
                     continue
                 reason = version.reason or entry.skipped_reason(version)
+                if not detailed:
+                    reason = _public(reason)
                 rows.append(IndexEntry(entry.name, str(number), state, reason))
         return rows
 
@@ -241,6 +247,15 @@ class DataPlane:
             return encoded
         finally:
             handle.release()
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s'\"/:]+){2,}/?")
+
+
+def _public(reason: str) -> str:
+    """A reason fit for any client: no server paths, no engine dump, one short line."""
+    text = _PATH.sub("<path>", reason.splitlines()[0] if reason else "")
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _timed_run(runner: Runner, feeds: dict[str, np.ndarray], names: list[str]

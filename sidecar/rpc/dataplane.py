@@ -118,7 +118,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @guarded
     async def RepositoryIndex(self, request: Any, context: Context) -> pb.RepositoryIndexResponse:
-        return converters.index_response(self._plane.repository_index(request.ready))
+        return converters.index_response(self._plane.repository_index(
+            request.ready, detailed=self._repository_control))
 
     @guarded
     async def RepositoryModelLoad(
