@@ -178,7 +178,9 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="sidecar-restart-"))
     serve = ["--model-repository", str(args.model_repository), "--state-dir", str(state),
              "--listen", listen[0], "--control-listen", listen[1],
-             "--metrics-listen", listen[2], "--no-watch", "--log-format", "json"]
+             "--metrics-listen", listen[2], "--no-watch", "--log-format", "json",
+             # The kills are this script's, not the model's: no crash-loop verdicts.
+             "--crash-limit", "0"]
     print(f"ports {', '.join(listen)} (inference, control, metrics); state {state}")
     server = Server(serve)
     server.wait_for("serving")
@@ -189,7 +191,7 @@ def main() -> int:
         for cycle in range(1, args.cycles + 1):
             with urllib.request.urlopen(f"http://{listen[2]}/metrics", timeout=10) as reply:
                 reply.read()
-            client.answered(client.next_epoch() - 1)  # calls are going on right now
+            client.answered(client.next_epoch())  # calls are going on right now
             server.kill()
             epoch = client.next_epoch()
             waiting = left_behind(ports)
