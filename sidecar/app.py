@@ -28,7 +28,12 @@ from sidecar.loader.onnx import SessionConfig
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.sync import RepositorySync
 from sidecar.rpc.auth import read_token, server_credentials
-from sidecar.rpc.server import build_control_server, build_inference_server, check_bindable
+from sidecar.rpc.server import (
+    BindError,
+    build_control_server,
+    build_inference_server,
+    check_bindable,
+)
 from sidecar.settings import MIB, Settings
 from sidecar.source.policy import read_model_settings
 from sidecar.source.watcher import RepositoryWatcher
@@ -149,9 +154,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the sidecar until `stop` is set or SIGTERM/SIGINT arrives."""
     check(settings)
     # Fail on an unusable address before anything is created (state dir included).
-    for address in (settings.listen, settings.control_listen, settings.metrics_listen):
+    for flag, address in (("--listen", settings.listen),
+                          ("--control-listen", settings.control_listen),
+                          ("--metrics-listen", settings.metrics_listen)):
         if address:
-            check_bindable(address)
+            try:
+                check_bindable(address)
+            except BindError as exc:
+                raise BindError(f"{exc} (set {flag} to move it)") from exc
     config = session_config(settings)
     token = _token(settings)
     data_credentials = _credentials(settings.tls_cert, settings.tls_key)

@@ -80,7 +80,8 @@ def test_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
                       "--listen", f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"sidecar: error: cannot listen on 127.0.0.1:{port}: Address already in use")
+        f"sidecar: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+        " (set --listen to move it)")
 
 
 def test_address_not_on_this_host_is_one_line_and_exit_1(tmp_path: Path) -> None:
@@ -88,7 +89,8 @@ def test_address_not_on_this_host_is_one_line_and_exit_1(tmp_path: Path) -> None
     result = _run("serve", "--model-repository", str(tmp_path), "--listen", "192.0.2.1:8001")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "sidecar: error: cannot listen on 192.0.2.1:8001: Cannot assign requested address")
+        "sidecar: error: cannot listen on 192.0.2.1:8001: Cannot assign requested address"
+        " (set --listen to move it)")
 
 
 def test_settings_come_from_the_environment(start_server, standard_repo) -> None:  # type: ignore[no-untyped-def]

@@ -193,7 +193,9 @@ def test_bad_canary_is_aborted_and_quarantined(guarded: Any) -> None:
     finally:
         outcomes = load.stop()
     assert aborted.from_version.number == 3
-    assert "3" in outcomes  # the canary did take requests (those it could answer)
+    # the canary did take requests: answered by 3, or failed by it (the buggy model
+    # fails 3 of 4, so its first few may all fail before the abort)
+    assert any(o == "3" or "version 3" in o for o in outcomes)
     # after the abort (allowing for the requests in flight on each thread): only 2
     assert all(o == "2" for o in outcomes[after + 8:])
 

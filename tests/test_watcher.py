@@ -64,7 +64,10 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
         for version in (1, 2):
             make_models.write_model(make_models.tiny_model(version), repo, model, version)
     (repo / "policy" / "sidecar.json").write_text('{"on_new_version": "load"}')
-    server = ServerProcess(repo, "--watch-settle-ms", str(SETTLE_MS))
+    # --no-guard: these tests are about the watcher; on a loaded machine the guard
+    # could (rightly, by its rules) roll back a version on one slow request and
+    # quarantine bytes every model here shares. The guard has its own tests.
+    server = ServerProcess(repo, "--watch-settle-ms", str(SETTLE_MS), "--no-guard")
     events = EventStream(server.control_address)
     stop, _, results, procs = start_hammers(server.address, 2, LOADED_MODELS)
     try:

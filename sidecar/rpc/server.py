@@ -24,6 +24,7 @@ from sidecar.handlers.dataplane import DataPlane
 from sidecar.rpc import control
 from sidecar.rpc.auth import BearerTokenInterceptor
 from sidecar.rpc.dataplane import InferenceServicer
+from sidecar.rpc.decoding import LenientDecoding
 from sidecar.rpc.proto import control_pb2, inference_pb2, inference_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -41,7 +42,6 @@ class BindError(RuntimeError):
 class Listener:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
-    port: int
     address: str
 
     async def set_health(self, service: str, ready: bool) -> None:
@@ -84,6 +84,9 @@ def _server(*, max_message_bytes: int, max_concurrent_rpcs: int = 0,
         # (SO_REUSEPORT) and two servers silently share it.
         ("grpc.so_reuseport", 0),
     ]
+    # Payloads that do not parse become INVALID_ARGUMENT, not a logged traceback
+    # (after the token check, which refuses them first).
+    interceptors = (*interceptors, LenientDecoding())
     return grpc.aio.server(options=options, interceptors=interceptors,
                            maximum_concurrent_rpcs=max_concurrent_rpcs or None)
 
@@ -121,8 +124,8 @@ def build_inference_server(
         InferenceServicer(plane, session_options, repository_control=False,
                           outcomes=outcomes, access_log=access_log), server)
     health_servicer = _add_common(server, (INFERENCE_SERVICE,))
-    port, address = _bind(server, listen, credentials)
-    return Listener(server, health_servicer, port, address)
+    _, address = _bind(server, listen, credentials)
+    return Listener(server, health_servicer, address)
 
 
 def build_control_server(
@@ -137,5 +140,5 @@ def build_control_server(
         InferenceServicer(plane, session_options, repository_control=True,
                           outcomes=outcomes), server)
     health_servicer = _add_common(server, (CONTROL_SERVICE, INFERENCE_SERVICE))
-    port, address = _bind(server, listen, credentials)
-    return Listener(server, health_servicer, port, address)
+    _, address = _bind(server, listen, credentials)
+    return Listener(server, health_servicer, address)
