@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import interleave
 import make_models
 import numpy as np
 import pytest
@@ -477,109 +478,18 @@ def test_a_version_loaded_for_an_unsaved_activation_is_not_left_loaded(
 # ---- 10. racing commands never leave a broken model ----------------------------------------
 
 
-def _check_serving(m: ModelManager, where: str) -> None:
-    """Every model with an active version: everything in its serving state is READY
-    with an open session, and a request runs on it."""
-    for entry in m.entries():
-        serving = entry.serving
-        if serving.active is None:
-            continue
-        roles = [("active", serving.active), ("previous", serving.previous),
-                 ("canary", serving.canary), ("shadow", serving.shadow),
-                 *((f"loaded {n}", v) for n, v in serving.loaded.items())]
-        for role, version in roles:
-            if version is None:
-                continue
-            assert version.phase is Phase.READY, f"{where}: {role} {version.label} is" \
-                f" {version.phase.name}"
-            assert version.servable is not None and not version.servable.closed, \
-                f"{where}: {role} {version.label} has no open session"
-            assert serving.loaded.get(version.number) is version, f"{where}: {role}"
-        for number in serving.loaded:
-            assert _infer(m, str(number)) == number, where
-        _infer(m)
-
-
-def _random_command(m: ModelManager, rng: random.Random
-                    ) -> tuple[str, Coroutine[Any, Any, Any]]:
-    loaded = sorted(m.entry("tiny").serving.loaded)  # favour versions with a session
-    v = str(rng.choice(loaded) if loaded and rng.random() < 0.5 else rng.randint(1, 4))
-    kind = rng.choice(["activate", "activate", "activate", "rollback", "load", "unload",
-                       "unload", "unload", "pin", "unpin", "canary", "shadow", "abort"])
-    if kind == "activate":
-        return f"activate {v}", m.activate("tiny", v, actor="cli")
-    if kind == "rollback":
-        actor = rng.choice(["cli", "guard"])
-        return f"rollback ({actor})", m.rollback("tiny", actor=actor)
-    if kind == "load":
-        return f"load {v}", m.load("tiny", v, actor="cli")
-    if kind == "unload":
-        return f"unload {v}", m.unload("tiny", v, actor="cli")
-    if kind in ("pin", "unpin"):
-        return kind, m.set_pinned("tiny", kind == "pin", actor="cli")
-    if kind in ("canary", "shadow"):
-        return f"{kind} {v}", m.candidates.start("tiny", v, kind=kind, weight=0.3,
-                                                 actor="cli")
-    return "abort", m.candidates.abort("tiny", actor="cli")
-
-
-async def _release_after(handle: Servable, ticks: int) -> None:
-    for _ in range(ticks):
-        await asyncio.sleep(0)
-    handle.release()
-
-
-async def _probe(m: ModelManager, done: asyncio.Event, failures: list[str]) -> None:
-    """Requests naming no version, one per event-loop tick until `done`: each must be
-    handed a READY version's open session and run on it."""
-    while not done.is_set():
-        try:
-            handle = m.acquire("tiny")
-        except Exception as exc:  # any failure is the finding
-            failures.append(f"acquire: {exc!r}")
-        else:
-            try:
-                if handle.version.phase is not Phase.READY or handle.closed:
-                    failures.append(f"handed {handle.label} while {handle.version.phase.name}"
-                                    f"{' (closed)' if handle.closed else ''}")
-                else:
-                    handle.runner.run({"INPUT0": X})
-            except Exception as exc:
-                failures.append(f"run on {handle.label}: {exc!r}")
-            finally:
-                handle.release()
-        await asyncio.sleep(0)
+_check_serving = interleave.check_serving
 
 
 def test_racing_commands_never_leave_a_broken_model(tmp_path: Path) -> None:
     """Random interleavings of activate, rollback, load, unload, pin, canary, shadow
-    and abort (fixed seed) always leave the active version READY and serving."""
+    and abort (fixed seed) always leave the active version READY and serving, and
+    every request in between runs on an open session (bench/races.py runs
+    many seeds)."""
     rng = random.Random(20261129)
 
     async def body(m: ModelManager) -> None:
-        _check_serving(m, "start")
-        for round_ in range(30):
-            picked = [_random_command(m, rng) for _ in range(rng.randint(2, 6))]
-            names = [name for name, _ in picked]
-            held = m.acquire("tiny")  # a request in flight during the round
-            done, failures = asyncio.Event(), []
-            probe = asyncio.create_task(_probe(m, done, failures))
-            try:
-                results = await asyncio.wait_for(asyncio.gather(
-                    *(c for _, c in picked), _release_after(held, rng.randint(0, 30)),
-                    return_exceptions=True), TIMEOUT)
-                assert await m.retired(TIMEOUT)
-            finally:
-                done.set()
-                await probe
-            assert not failures, f"round {round_} {names}: requests failed: {failures[:3]}"
-            for name, result in zip(names, results, strict=False):
-                if isinstance(result, BaseException) and not isinstance(result, SidecarError):
-                    raise AssertionError(f"round {round_} {names}: {name} raised"
-                                         f" {result!r}") from result
-            _check_serving(m, f"round {round_} {names}")
-        assert await m.retired(10)
-        _check_serving(m, "end")
+        await interleave.rounds(m, rng, 30, TIMEOUT)
 
     run(_repo(tmp_path / "r", (1, 2, 3, 4)), tmp_path / "s", body, max_loaded=3)
 
