@@ -131,9 +131,11 @@ class Settings:
         " spikes, and canary/shadow verdicts (settings per model: docs/guard.md).",
     )
     max_message_mb: int = _setting(
-        256,
+        64,
         "Largest gRPC message received or sent, in MiB (grpc's default is 4)."
-        " Larger requests get RESOURCE_EXHAUSTED.",
+        " Larger requests get RESOURCE_EXHAUSTED. grpc parses a request on the"
+        " event loop (about 10 ms per MiB here), so a larger limit lets one request"
+        " delay every other one for longer: see bench/worst.py.",
     )
     inference_threads: int = _setting(
         0,

@@ -242,7 +242,12 @@ class DataPlane:
                 for name, array in zip(names, arrays, strict=True)
             ]
             result = InferResult(request.model, str(handle.number), request.id, outputs)
-            encoded = encode(result)
+            if any(o.datatype == "BYTES" and o.data.size > _INLINE_BYTES_ELEMENTS
+                   for o in outputs):  # encoded element by element: not on the loop
+                encoded = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, encode, result)
+            else:
+                encoded = encode(result)
             stats.compute_output.add(time.perf_counter_ns() - end)
             return encoded
         finally:

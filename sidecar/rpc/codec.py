@@ -23,6 +23,10 @@ _LEN = struct.Struct("<I")
 #: handful, and no message can hold more elements than this.
 MAX_RANK = 32
 MAX_ELEMENTS = 2**31
+#: BYTES elements are Python objects, decoded and encoded one by one: a tensor of
+#: tens of millions of empty strings (a 256 MiB message) would hold the server for
+#: minutes. Real text batches are far below this.
+MAX_BYTES_ELEMENTS = 1 << 20
 
 
 def element_count(shape: tuple[int, ...]) -> int:

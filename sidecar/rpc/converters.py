@@ -24,7 +24,7 @@ from sidecar.handlers.types import (
     VersionStatistics,
 )
 from sidecar.loader.signature import TensorSpec
-from sidecar.rpc.codec import check_shape, decode_raw, element_count, encode_raw
+from sidecar.rpc.codec import MAX_BYTES_ELEMENTS, check_shape, decode_raw, element_count, encode_raw
 from sidecar.rpc.proto import inference_pb2 as pb
 
 #: V2 datatype -> the typed-contents field that carries it (FP16/BF16: raw only).
@@ -63,6 +63,9 @@ def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
             raise InvalidInputError(f"{where}: datatype {datatype} is not supported")
         shape = tuple(tensor.shape)
         check_shape(where, shape)
+        if datatype == "BYTES" and element_count(shape) > MAX_BYTES_ELEMENTS:
+            raise InvalidInputError(f"{where}: a BYTES tensor of {element_count(shape)}"
+                                    f" elements; at most {MAX_BYTES_ELEMENTS} are accepted")
         typed = _typed_values(tensor)
         if raw:
             if typed is not None:
