@@ -205,7 +205,8 @@ def test_a_port_another_process_listens_on_is_refused(repo: Path, flag: str, reu
         result = _serve_on(repo, flag, address)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip() == (
-        f"sidecar: error: cannot listen on {address}: Address already in use")
+        f"sidecar: error: cannot listen on {address}: Address already in use"
+        f" (set {flag} to move it)")
 
 
 def test_a_port_a_live_sidecar_serves_on_is_refused(start_server: Any, repo: Path) -> None:
@@ -215,7 +216,8 @@ def test_a_port_a_live_sidecar_serves_on_is_refused(start_server: Any, repo: Pat
     result = _serve_on(repo, "--listen", first.address)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"sidecar: error: cannot listen on {first.address}: Address already in use")
+        f"sidecar: error: cannot listen on {first.address}: Address already in use"
+        " (set --listen to move it)")
     with grpc.insecure_channel(first.address) as channel:
         reply = stub(channel).ModelInfer(raw_request("tiny", [("INPUT0", "FP32", X)]),
                                          timeout=30)
