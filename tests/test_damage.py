@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import ServerProcess
 from helpers import EventStream, client, control_stub, infer_input, stub, tiny_expected
+from serverlog import ServerLogError
 from test_control import ctl, ctl_json
 from tritonclient.grpc import service_pb2 as pb
 
@@ -29,6 +30,25 @@ Start = Callable[..., ServerProcess]
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def serve(start_server: Start) -> Start:
+    """`start_server`, except that a server exiting before it serves fails this test
+    alone: its pipes are closed here, not left for a later test's garbage collection."""
+    def start(*args: Any, **kwargs: Any) -> ServerProcess:
+        try:
+            return start_server(*args, **kwargs)
+        except ServerLogError as exc:
+            tb = exc.__traceback__
+            while tb is not None:
+                proc = tb.tb_frame.f_locals.get("self")
+                if isinstance(proc, ServerProcess):
+                    proc.stop()
+                tb = tb.tb_next
+            message = str(exc)
+        pytest.fail(message, pytrace=False)
+    return start
 
 
 def _repo(root: Path, versions: tuple[int, ...] = (1, 2, 3), model: str = "tiny") -> Path:
@@ -79,8 +99,9 @@ def _quarantined(srv: ServerProcess, model: str = "tiny") -> dict[int, str]:
 
 
 def _events(srv: ServerProcess) -> list[dict[str, Any]]:
-    return ctl_json(srv.control_address, "events", "--limit", "1000")[  # type: ignore[no-any-return]
-        "events"]
+    listed: list[dict[str, Any]] = ctl_json(srv.control_address, "events", "--limit",
+                                            "1000")["events"]
+    return listed
 
 
 def _problems(srv: ServerProcess) -> list[dict[str, Any]]:
@@ -171,7 +192,7 @@ STATE_DAMAGE: list[tuple[str, Callable[[Path, Path], None], bool]] = [
 @pytest.mark.parametrize(("damage", "unreadable"), [(d, u) for _, d, u in STATE_DAMAGE],
                          ids=[name for name, _, _ in STATE_DAMAGE])
 def test_damaged_state_file_starts_and_serves(
-        start_server: Start, tmp_path: Path, damage: Callable[[Path, Path], None],
+        serve: Start, tmp_path: Path, damage: Callable[[Path, Path], None],
         unreadable: bool) -> None:
     """A damaged state.json never stops the start: the server serves, and an error
     line says what was set aside (the unreadable file as state.json.corrupt-*)."""
@@ -179,7 +200,7 @@ def test_damaged_state_file_starts_and_serves(
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     damage(repo, state_dir)
-    srv = start_server(repo, state_dir=state_dir)
+    srv = serve(repo, state_dir=state_dir)
     assert _ready(srv)
     assert _answering(srv) == _serving(srv)[0]
     problems = _problems(srv)
@@ -209,26 +230,43 @@ EVENT_DAMAGE = {
     "blank-line": (b"\n", True),
     "garbage-line": (b"\x00\xffnot json at all {{{\n", True),
     "unknown-field": (_event_line(2, from_the_future={"x": 1}), False),
+    # A seq no client can be told (ListEvents' seq is a uint64).
+    "seq-beyond-64-bits": (_event_line(2**64), True),
 }
 
 
 @pytest.mark.parametrize("kind", list(EVENT_DAMAGE))
-def test_damaged_event_log_starts_and_lists_events(start_server: Start, tmp_path: Path,
+def test_damaged_event_log_starts_and_lists_events(serve: Start, tmp_path: Path,
                                                     kind: str) -> None:
-    """A blank, garbage or unknown-field line in events.jsonl never stops the start;
-    `ctl events --json` lists the readable events and numbers new ones above them."""
+    """A blank, garbage, unknown-field or out-of-range line in events.jsonl never stops
+    the start; `ctl events --json` lists the readable events, new ones numbered above."""
     line, damaged = EVENT_DAMAGE[kind]
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     (state_dir / "events.jsonl").write_bytes(_event_line(1) + line + _event_line(3))
-    srv = start_server(_repo(tmp_path / "repo"), state_dir=state_dir)
+    srv = serve(_repo(tmp_path / "repo"), state_dir=state_dir)
     assert _ready(srv)
     listed = _events(srv)
     old = [e["seq"] for e in listed if e["reason"].startswith("event ")]
     assert old == (["1", "3"] if damaged else ["1", "2", "3"])
-    assert all(int(e["seq"]) > 3 for e in listed if e["actor"] == "startup")
+    assert all(3 < int(e["seq"]) < 2**64 for e in listed if e["actor"] == "startup")
     skipped = [r for r in _problems(srv) if r["event"] == "skipped damaged event lines"]
     assert [r["lines"] for r in skipped] == ([1] if damaged else [])
+
+
+def test_saved_last_seq_beyond_64_bits_keeps_events_listable(serve: Start,
+                                                              tmp_path: Path) -> None:
+    """A state.json whose last_seq no client can be told (2**64) still leaves the
+    event log listable: new events get sequence numbers a uint64 can carry."""
+    repo = _repo(tmp_path / "repo")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.json").write_text(json.dumps({**_valid_state(repo), "last_seq": 2**64}))
+    srv = serve(repo, state_dir=state_dir)
+    assert _ready(srv) and _answering(srv) in (2, 3)
+    result = ctl(srv.control_address, "--json", "events")
+    assert result.returncode == 0, result.stderr
+    assert all(0 < int(e["seq"]) < 2**64 for e in json.loads(result.stdout)["events"])
 
 
 # ---- c. an emptied event log --------------------------------------------------------------
@@ -245,13 +283,13 @@ def _rollback(srv: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("last", ["a-command", "an-event-that-saves-no-state"])
-def test_emptied_event_log_never_reuses_sequence_numbers(start_server: Start, tmp_path: Path,
+def test_emptied_event_log_never_reuses_sequence_numbers(serve: Start, tmp_path: Path,
                                                          last: str) -> None:
     """With events.jsonl emptied but state.json kept, new events are numbered above
     every seq the server had handed out before the stop."""
     repo = _repo(tmp_path / "repo")
     state_dir = tmp_path / "state"
-    srv = start_server(repo, "--no-watch", state_dir=state_dir)
+    srv = serve(repo, "--no-watch", state_dir=state_dir)
     _activate(srv, "1")
     _activate(srv, "3")
     _rollback(srv)
@@ -265,7 +303,7 @@ def test_emptied_event_log_never_reuses_sequence_numbers(start_server: Start, tm
     assert srv.stop() == 0
     assert max(_seqs_in_file(state_dir)) == seen
     (state_dir / "events.jsonl").write_bytes(b"")
-    again = start_server(repo, "--no-watch", state_dir=state_dir)
+    again = serve(repo, "--no-watch", state_dir=state_dir)
     _rollback(again)
     after = [int(e["seq"]) for e in _events(again)]
     assert after and min(after) > seen, (seen, after)
@@ -275,12 +313,12 @@ def test_emptied_event_log_never_reuses_sequence_numbers(start_server: Start, tm
 # ---- d. state.json lost after a quarantine and a rollback ----------------------------------
 
 
-def test_quarantine_survives_a_corrupt_state_file(start_server: Start, tmp_path: Path) -> None:
+def test_quarantine_survives_a_corrupt_state_file(serve: Start, tmp_path: Path) -> None:
     """A quarantine and a rollback are rebuilt from the event log when state.json is
     garbage: the quarantined version stays quarantined and does not serve."""
     repo = _repo(tmp_path / "repo")
     state_dir = tmp_path / "state"
-    srv = start_server(repo, state_dir=state_dir)
+    srv = serve(repo, state_dir=state_dir)
     _activate(srv, "2")
     _activate(srv, "3")
     assert _serving(srv)[:2] == (3, 2)
@@ -290,7 +328,7 @@ def test_quarantine_survives_a_corrupt_state_file(start_server: Start, tmp_path:
     assert _serving(srv)[:2] == (2, 3) and _answering(srv) == 2
     assert srv.stop() == 0
     (state_dir / "state.json").write_bytes(b"\x00garbage, not JSON\xff")
-    again = start_server(repo, state_dir=state_dir)
+    again = serve(repo, state_dir=state_dir)
     assert _ready(again)
     assert _quarantined(again) == {3: "wrong answers"}
     assert _serving(again)[0] == 2 and _answering(again) == 2
@@ -301,7 +339,7 @@ def test_quarantine_survives_a_corrupt_state_file(start_server: Start, tmp_path:
 # ---- e. a model pinned while broken, fixed on disk ----------------------------------------
 
 
-def test_model_pinned_while_broken_serves_once_fixed(start_server: Start,
+def test_model_pinned_while_broken_serves_once_fixed(serve: Start,
                                                       tmp_path: Path) -> None:
     """A model pinned while its only version was garbage serves after a restart once
     the file is fixed, and only then is the server ready."""
@@ -310,13 +348,13 @@ def test_model_pinned_while_broken_serves_once_fixed(start_server: Start,
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"garbage, not an onnx model" * 10)
     state_dir = tmp_path / "state"
-    srv = start_server(repo, state_dir=state_dir)
+    srv = serve(repo, state_dir=state_dir)
     assert [r["ready"] for r in srv.log if r["event"] == "serving"] == [False]
     assert not _ready(srv)
     assert ctl_json(srv.control_address, "pin", "broken")["pinned"] is True
     assert srv.stop() == 0
     make_models.write_model(make_models.tiny_model(1), repo, "broken", 1)
-    again = start_server(repo, state_dir=state_dir)
+    again = serve(repo, state_dir=state_dir)
     assert [r["ready"] for r in again.log if r["event"] == "serving"] == [True]
     assert _answering(again, "broken") == 1
     assert _ready(again)
@@ -349,10 +387,11 @@ if _libc.capget(ctypes.byref(_header), _data) == 0:
 '''
 
 
-def test_unreadable_model_folder_is_that_models_problem_only(start_server: Start,
+def test_unreadable_model_folder_is_that_models_problem_only(serve: Start,
                                                              tmp_path: Path) -> None:
-    """A model folder the server cannot list is logged and skipped: the other models
-    serve, and the watcher still activates a new version of another model."""
+    """A model folder the server cannot list is logged and noted, never fatal: the other
+    models serve, the watcher still activates another model's new version, and a
+    model whose folder becomes unreadable keeps serving."""
     repo = _repo(tmp_path / "repo", (1, 2))
     _repo(repo, (1,), "other")
     _repo(repo, (1,), "bad")
@@ -367,21 +406,26 @@ def test_unreadable_model_folder_is_that_models_problem_only(start_server: Start
             [sys.executable, "-c", f"import pathlib; list(pathlib.Path({str(repo / 'bad')!r})"
              ".iterdir())"], capture_output=True, text=True, env={**os.environ, **env})
         assert "PermissionError" in probe.stderr, probe
-        srv = start_server(repo, env=env, state_dir=tmp_path / "state")
+        srv = serve(repo, env=env, state_dir=tmp_path / "state")
         events = EventStream(srv.control_address)
         try:
             assert _answering(srv) == 2 and _answering(srv, "other") == 1
             warned = [r for r in _problems(srv) if r["event"] == "model folder unreadable"]
-            assert [r["model"] for r in warned] == ["bad"], _problems(srv)
+            assert warned and {r["model"] for r in warned} == {"bad"}, _problems(srv)
             staged = make_models.write_model(make_models.tiny_model(2), tmp_path / "staging",
                                              "other", 2)
             staged.parent.rename(repo / "other" / "2")  # published whole, as docs advise
             events.wait_for(timeout=60, model="other", action="activate", to=2)
             assert _answering(srv, "other") == 2 and _answering(srv) == 2
+            events.wait_for(timeout=60, model="bad", action="watch-note")
+            (repo / "tiny").chmod(0)  # unreadable while it serves: it keeps serving
+            events.wait_for(timeout=60, model="tiny", action="watch-note")
+            assert _answering(srv) == 2 and _serving(srv) == (2, 1, False)
         finally:
             events.close()
     finally:
-        (repo / "bad").chmod(0o755)
+        for name in ("bad", "tiny"):
+            (repo / name).chmod(0o755)
 
 
 # ---- g, h. a full state directory ----------------------------------------------------------
@@ -426,19 +470,19 @@ def _free(directory: Path) -> None:
 
 @pytest.mark.parametrize("how", ["blocks-after-a-run", "blocks-and-inodes-after-a-run",
                                  "blocks-and-inodes-fresh"])
-def test_full_state_directory_at_start_serves(small_fs: Path, start_server: Start,
+def test_full_state_directory_at_start_serves(small_fs: Path, serve: Start,
                                               tmp_path: Path, how: str) -> None:
     """A state directory that is full at start never stops the sidecar: it serves,
     logs an error saying so, and commands answer UNAVAILABLE, nothing changed."""
     repo = _repo(tmp_path / "repo")
     state_dir = small_fs / "state"
     if how.endswith("after-a-run"):
-        first = start_server(repo, state_dir=state_dir)
+        first = serve(repo, state_dir=state_dir)
         assert first.stop() == 0
     else:
         state_dir.mkdir()
     _fill(small_fs, inodes="inodes" in how)
-    srv = start_server(repo, state_dir=state_dir)
+    srv = serve(repo, state_dir=state_dir)
     assert _ready(srv) and _answering(srv) == 3
     errors = [r for r in _problems(srv) if r["level"] == "error"]
     assert any(r["event"].startswith("state directory is full")
@@ -450,13 +494,13 @@ def test_full_state_directory_at_start_serves(small_fs: Path, start_server: Star
 
 
 def test_state_directory_full_while_running_changes_nothing(small_fs: Path,
-                                                            start_server: Start,
+                                                            serve: Start,
                                                             tmp_path: Path) -> None:
     """Commands on a full state directory answer UNAVAILABLE and change nothing;
     once space is freed, a restart serves exactly what served before."""
     repo = _repo(tmp_path / "repo")
     state_dir = small_fs / "state"
-    srv = start_server(repo, state_dir=state_dir)
+    srv = serve(repo, state_dir=state_dir)
     before = _serving(srv)
     assert before == (3, 2, False)
     _fill(small_fs)
@@ -466,6 +510,63 @@ def test_state_directory_full_while_running_changes_nothing(small_fs: Path,
         assert _serving(srv) == before and _answering(srv) == 3
     _free(small_fs)
     assert srv.stop() == 0
-    again = start_server(repo, state_dir=state_dir)
+    again = serve(repo, state_dir=state_dir)
     assert _serving(again) == before and _answering(again) == 3
     assert _ready(again)
+
+
+def _crash_record(state_dir: Path) -> dict[str, Any]:
+    """Which version of each model serving.json says serves (the crash-loop guard's)."""
+    data = json.loads((state_dir / "serving.json").read_text())
+    return {name: m["version"] for name, m in data["models"].items()}
+
+
+def test_refused_activate_leaves_the_crash_record_alone(small_fs: Path, serve: Start,
+                                                        tmp_path: Path) -> None:
+    """An activate refused on a full disk ("nothing changed") leaves the crash-loop
+    record naming the version that still serves, once it is saved again."""
+    repo = _repo(tmp_path / "repo")
+    for v, weights in ((1, 5), (2, 6)):  # bytes of their own: digests differ from tiny's
+        make_models.write_model(make_models.tiny_model(weights), repo, "other", v)
+    state_dir = small_fs / "state"
+    srv = serve(repo, "--no-watch", state_dir=state_dir)
+    assert _crash_record(state_dir) == {"tiny": 3, "other": 2}
+    _fill(small_fs)
+    line = _refused(ctl(srv.control_address, "activate", "tiny", "1"), "UNAVAILABLE")
+    assert "nothing changed" in line and _serving(srv)[0] == 3 and _answering(srv) == 3
+    _free(small_fs)
+    ctl_json(srv.control_address, "activate", "other", "1")  # saves the record again
+    assert _crash_record(state_dir) == {"tiny": 3, "other": 1}
+
+
+def test_refused_command_leaves_the_state_file_as_it_was(small_fs: Path, serve: Start,
+                                                         tmp_path: Path) -> None:
+    """A command answered UNAVAILABLE ("nothing changed") leaves state.json as it was,
+    even when the state file found room and only its event line did not; a restart
+    then serves what served before."""
+    repo = _repo(tmp_path / "repo")
+    state_dir = small_fs / "state"
+    srv = serve(repo, "--no-watch", state_dir=state_dir)
+    log = state_dir / "events.jsonl"
+    pinned = False
+    for _ in range(100):  # pin/unpin until the next event line cannot fit its page
+        if 4096 - log.stat().st_size % 4096 < 180:
+            break
+        ctl_json(srv.control_address, "unpin" if pinned else "pin", "tiny")
+        pinned = not pinned
+    before = (state_dir / "state.json").read_bytes()
+    # Someone else holds the page the replaced state.json frees (a hard link here),
+    # and one page is left: the new state.json fits, the event line does not.
+    os.link(state_dir / "state.json", small_fs / "held")
+    _fill(small_fs)
+    blocks = small_fs / "filler" / "blocks"
+    os.truncate(blocks, blocks.stat().st_size - 4096)
+    line = _refused(ctl(srv.control_address, "unpin" if pinned else "pin", "tiny"),
+                    "UNAVAILABLE")
+    assert "nothing changed" in line and _serving(srv) == (3, 2, pinned)
+    assert json.loads((state_dir / "state.json").read_bytes()) == json.loads(before)
+    _free(small_fs)
+    (small_fs / "held").unlink()
+    assert srv.stop() == 0
+    again = serve(repo, "--no-watch", state_dir=state_dir)
+    assert _serving(again) == (3, 2, pinned)
