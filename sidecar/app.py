@@ -13,7 +13,10 @@ import errno
 import logging
 import math
 import os
+import shlex
+import shutil
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from sidecar.rpc.server import (
 )
 from sidecar.settings import MIB, Settings
 from sidecar.source.policy import read_model_settings
+from sidecar.source.repository import MODEL_FILE, is_model_name, parse_version
 from sidecar.source.watcher import RepositoryWatcher
 from sidecar.state.events import EventLog
 from sidecar.state.store import StateStore
@@ -61,11 +65,62 @@ def session_config(settings: Settings) -> SessionConfig:
     return config
 
 
+def address_problem(address: str) -> str:
+    """Why `address` is not a HOST:PORT to listen on ("" if it is one)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        return "is not HOST:PORT"
+    if host.startswith("[") != host.endswith("]"):
+        return "is not HOST:PORT (IPv6 hosts in brackets: [::1]:PORT)"
+    return ""
+
+
+def _check_addresses(settings: Settings) -> None:
+    for flag, address, example, optional in (
+            ("--listen", settings.listen, "0.0.0.0:8001", False),
+            ("--control-listen", settings.control_listen, "127.0.0.1:8002", False),
+            ("--metrics-listen", settings.metrics_listen, "0.0.0.0:8003", True)):
+        if optional and not address:
+            continue
+        problem = address_problem(address)
+        if problem:
+            raise ConfigError(f"{flag} {address!r} {problem}: e.g. {example}"
+                              " (port 0 picks a free port)")
+
+
+def _check_repository_layout(repo: Path) -> None:
+    """A repository whose folders all look like versions (`1/model.onnx`, ...) is a
+    model folder given one level too deep: refused. Some such folders beside real
+    models: a warning (all-digit model names are valid, but such a "model" holds
+    its file without a version folder, so it never serves)."""
+    try:
+        folders = [e for e in sorted(repo.iterdir()) if is_model_name(e.name) and e.is_dir()]
+    except OSError:
+        return  # the scan reports an unreadable repository
+    numbered = sorted((e for e in folders
+                       if parse_version(e.name) is not None and (e / MODEL_FILE).is_file()),
+                      key=lambda e: int(e.name))
+    if not numbered:
+        return
+    names = ", ".join(e.name for e in numbered[:5]) + (", ..." if len(numbered) > 5 else "")
+    if len(numbered) == len(folders):
+        parent = repo.parent if repo.name else repo.absolute().parent
+        raise ConfigError(
+            f"model repository {repo} holds version folders ({names}, each with"
+            f" {MODEL_FILE}): this looks like a model folder; give its parent ({parent})")
+    log.warning("model folders that look like versions: each holds model.onnx without a"
+                " version folder, so it serves nothing (expected <model>/<version>/model.onnx)",
+                extra={"repository": str(repo), "folders": [e.name for e in numbered]})
+
+
 def check(settings: Settings) -> None:
+    """Refuse settings that cannot work, with one line (ConfigError, exit code 2)."""
+    _check_addresses(settings)
     repo = settings.model_repository
     if not repo.is_dir():
         what = "is not a directory" if repo.exists() else "does not exist"
         raise ConfigError(f"model repository {repo} {what}")
+    _check_repository_layout(repo)
     if settings.max_message_mb <= 0:
         raise ConfigError("max-message-mb must be positive")
     if settings.warm_versions < 1:
@@ -79,6 +134,34 @@ def check(settings: Settings) -> None:
         raise ConfigError("events-max-mb must be a positive number")
     if settings.events_keep < 1:
         raise ConfigError("events-keep must be at least 1")
+
+
+def _ctl_program() -> list[str]:
+    """How this process was started, as the words of a `sidecar` command."""
+    program = sys.argv[0] if sys.argv else ""
+    if Path(program).name != "sidecar":
+        return [sys.executable, "-m", "sidecar"]
+    on_path = shutil.which("sidecar")
+    if on_path and Path(on_path).resolve() == Path(program).resolve():
+        return ["sidecar"]
+    return [program]
+
+
+def ctl_hint(settings: Settings, control_address: str, token: str) -> str:
+    """The `sidecar ctl` command that reaches this sidecar's control address."""
+    host, _, port = control_address.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    words = [*_ctl_program(), "ctl", "--address", f"{host}:{port}"]
+    if settings.control_tls_cert:
+        words += ["--tls-ca", "CA.pem"]
+        if settings.control_tls_client_ca:
+            words += ["--tls-cert", "CLIENT.pem", "--tls-key", "CLIENT.key"]
+    if settings.control_token_file:
+        words += ["--token-file", settings.control_token_file]
+    command = shlex.join(words) + " status"
+    if token and not settings.control_token_file:
+        command += " (with the token in SIDECAR_CONTROL_TOKEN)"
+    return command
 
 
 def _credentials(cert: str, key: str, client_ca: str = "") -> Any:
@@ -121,7 +204,10 @@ def _open_state(settings: Settings) -> tuple[StateStore, EventLog]:
     try:
         events.open(seq_floor=store.peek_last_seq())
     except OSError as exc:
-        raise ConfigError(f"state directory {settings.state_path}: {exc.strerror}") from exc
+        if exc.errno != errno.ENOSPC:
+            raise ConfigError(f"state directory {settings.state_path}: {exc.strerror}") from exc
+        log.error("state directory is full: the event log cannot even be created; events"
+                  " are kept in memory only", extra={"state_dir": str(settings.state_path)})
     return store, events
 
 
@@ -256,6 +342,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await set_server_health(plane.ready())
         served = sorted(e.name for e in manager.entries() if e.serving.active is not None)
         log.info("serving", extra={**addresses, "models": served, "ready": plane.ready()})
+        if settings.log_format == "text":  # for people: how to reach the control address
+            log.info(f"control it with: {ctl_hint(settings, control.address, token)}")
         await stop.wait()
         log.info("stopping", extra={"grace_s": settings.grace_s})
     finally:

@@ -2,7 +2,8 @@
 
 Every field of `Settings` is a flag of `serve` and a `SIDECAR_*` variable.
 Exit codes: 0 clean stop; 1 runtime failure (e.g. the port is in use);
-2 bad usage or configuration (unknown flag, missing repository).
+2 bad usage or configuration (unknown flag, a `SIDECAR_*` value that does not
+parse, an address that is not HOST:PORT, missing repository), as one line.
 """
 
 from __future__ import annotations
@@ -37,20 +38,34 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                                 metavar=f.name.split("_")[-1].upper())
 
 
-def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
-    """Flags over `SIDECAR_*` variables over defaults."""
+class SettingError(ValueError):
+    """A `SIDECAR_*` variable whose value cannot be used (one line, exit code 2)."""
+
+
+_EXPECTED = {int: "expected an integer", float: "expected a number",
+             parse_bool: "expected true or false"}
+
+
+def _from_environment(f: Any, raw: str) -> Any:
+    convert = _type_of(f)
+    try:
+        value = convert(raw)
+    except ValueError:
+        raise SettingError(f"{env_name(f.name)}={raw!r}: {_EXPECTED[convert]}") from None
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise SettingError(f"{env_name(f.name)}={raw!r}: choose from {', '.join(choices)}")
+    return value
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Flags over `SIDECAR_*` variables over defaults; SettingError for a variable
+    that does not parse."""
     values: dict[str, Any] = {}
     for f in setting_fields():
         value = getattr(args, f.name)
         if value is None and env_name(f.name) in os.environ:
-            raw = os.environ[env_name(f.name)]
-            try:
-                value = _type_of(f)(raw)
-            except ValueError as exc:
-                parser.error(f"{env_name(f.name)}={raw!r}: {exc}")
-            choices = f.metadata["choices"]
-            if choices and value not in choices:
-                parser.error(f"{env_name(f.name)}={raw!r}: choose from {', '.join(choices)}")
+            value = _from_environment(f, os.environ[env_name(f.name)])
         if value is not None:
             values[f.name] = value
     return Settings(**values)
@@ -67,6 +82,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve",
+        usage="%(prog)s [options]  (every option: sidecar serve --help)",
         help="serve a model repository",
         description="Serve every model of a repository over gRPC (Open Inference"
         " Protocol, health, reflection). Each flag can be set by the SIDECAR_*"
@@ -84,10 +100,14 @@ def _fail(message: str, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, serve_parser = build_parser()
+    parser, _ = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return _serve(settings_from(args, serve_parser))
+        try:
+            settings = settings_from(args)
+        except SettingError as exc:
+            return _fail(str(exc), 2)
+        return _serve(settings)
     if args.command == "ctl":
         return ctl.main(args)
     if args.command == "probe":

@@ -38,24 +38,52 @@ EXIT_CODES: dict[grpc.StatusCode, int] = {
 }
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The options every command takes. They go before the command, or after it
+    (`ctl models --json`): there they are added again with SUPPRESS defaults, so
+    a command's parser sets only what was given and never hides what was given
+    before the command."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_command else value
+
+    parser.add_argument("--address",
+                        default=default(os.environ.get("SIDECAR_CTL_ADDRESS", DEFAULT_ADDRESS)),
+                        help="control address HOST:PORT [env SIDECAR_CTL_ADDRESS; default:"
+                        f" {DEFAULT_ADDRESS}]")
+    parser.add_argument("--token-file", default=default(os.environ.get("SIDECAR_CTL_TOKEN_FILE",
+                                                                       "")),
+                        help="file with the bearer token [env SIDECAR_CTL_TOKEN_FILE; else the"
+                        " token in SIDECAR_CONTROL_TOKEN]")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print JSON for scripts")
+    parser.add_argument("--timeout", type=float, default=default(60.0),
+                        help="seconds to wait for an answer [default: 60]")
+    parser.add_argument("--actor", default=default("cli"),
+                        help="who acts, for the event log [default: cli]")
+    parser.add_argument("--tls-ca", default=default(""),
+                        help="PEM CA to verify the server (enables TLS)")
+    parser.add_argument("--tls-cert", default=default(""),
+                        help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", default=default(""), help="PEM client key (mutual TLS)")
+
+
 def add_parser(sub: Any) -> None:
     ctl = sub.add_parser(
         "ctl", help="control a running sidecar (load, activate, rollback, ...)",
-        description="Control a running sidecar over its control address.")
-    ctl.add_argument("--address", default=os.environ.get("SIDECAR_CTL_ADDRESS", DEFAULT_ADDRESS),
-                     help="control address HOST:PORT [env SIDECAR_CTL_ADDRESS; default:"
-                     f" {DEFAULT_ADDRESS}]")
-    ctl.add_argument("--token-file", default=os.environ.get("SIDECAR_CTL_TOKEN_FILE", ""),
-                     help="file with the bearer token [env SIDECAR_CTL_TOKEN_FILE; else the"
-                     " token in SIDECAR_CONTROL_TOKEN]")
-    ctl.add_argument("--json", action="store_true", help="print JSON for scripts")
-    ctl.add_argument("--timeout", type=float, default=60.0,
-                     help="seconds to wait for an answer [default: 60]")
-    ctl.add_argument("--actor", default="cli", help="who acts, for the event log [default: cli]")
-    ctl.add_argument("--tls-ca", default="", help="PEM CA to verify the server (enables TLS)")
-    ctl.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
-    ctl.add_argument("--tls-key", default="", help="PEM client key (mutual TLS)")
-    commands = ctl.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
+        description="Control a running sidecar over its control address. The options"
+        " below go before or after the command.")
+    _add_global_options(ctl, after_command=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, after_command=True)
+    commands = _Commands(ctl.add_subparsers(dest="ctl_command", required=True,
+                                            metavar="COMMAND"), common)
     commands.add_parser("status", help="server readiness and every model's versions")
     commands.add_parser("models", help="models with active and previous versions")
     p = commands.add_parser("versions", help="every version of a model on disk")
@@ -120,14 +148,26 @@ def add_parser(sub: Any) -> None:
     p = commands.add_parser("events", help="the event history; --follow for new events")
     p.add_argument("--model", default="")
     p.add_argument("--after", type=int, default=0, help="only events after this seq")
-    p.add_argument("--limit", type=int, default=100)
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--limit", type=_positive_int, default=100,
+                       help="at most this many events, the oldest first [default: 100]")
+    count.add_argument("--tail", type=_positive_int, default=0, metavar="N",
+                       help="the newest N events (printed oldest first); with --follow, then"
+                       " the new ones")
     p.add_argument("--follow", action="store_true", help="keep printing new events")
 
 
-def _token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        return Path(args.token_file).read_text().strip()
-    return os.environ.get("SIDECAR_CONTROL_TOKEN", "").strip()
+class _Commands:
+    """`add_parser` of the commands' sub-parsers, each with the global options."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._common = common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._action.add_parser(
+            name, parents=[self._common], **kwargs)
+        return parser
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
@@ -315,27 +355,92 @@ def _run(args: argparse.Namespace, stub: pb_grpc.ModelControlStub, call: Caller)
             f"{command}d {r.digest[:12]}; quarantined now: "
             + (", ".join(d[:12] for d in sorted(r.quarantine)) or "none"))
     elif command == "events":
-        if args.follow:
-            stream = stub.WatchEvents(pb.WatchEventsRequest(after_seq=args.after,
-                                                            model=args.model),
-                                      metadata=call.metadata)
-            for event in stream:
-                out(json.dumps(_dict(event)) if args.json else _event_line(event), flush=True)
-            return
-        r = call(stub.ListEvents, pb.ListEventsRequest(after_seq=args.after, limit=args.limit,
-                                                       model=args.model))
-        if args.json:
-            out(json.dumps(_dict(r)))
+        _events(args, stub, call)
+
+
+#: Events asked for per ListEvents call (the server's most).
+_PAGE = 1000
+
+
+def _events_between(stub: pb_grpc.ModelControlStub, call: Caller, model: str, after: int,
+                    last: int) -> list[pb.Event]:
+    """Every event with after < seq <= last (of `model`, if set), oldest first."""
+    events: list[pb.Event] = []
+    while after < last:
+        page = call(stub.ListEvents, pb.ListEventsRequest(after_seq=after, limit=_PAGE,
+                                                          model=model)).events
+        if not page:
+            break
+        events += [e for e in page if e.seq <= last]
+        after = page[-1].seq
+    return events
+
+
+def _tail(stub: pb_grpc.ModelControlStub, call: Caller, *, model: str, after: int, count: int
+          ) -> tuple[list[pb.Event], int]:
+    """The newest `count` events after `after` (oldest first), and the newest seq now.
+
+    Reads back from the end in growing spans, so the newest events of a long log
+    cost a few pages, not the whole history."""
+    newest = call(stub.ListEvents, pb.ListEventsRequest(after_seq=2**63 - 1, limit=1,
+                                                        model=model)).last_seq
+    span = count
+    while True:
+        start = max(after, newest - span)
+        events = _events_between(stub, call, model, start, newest)
+        if len(events) >= count or start <= after:
+            return events[-count:], newest
+        span *= 8
+
+
+def _events(args: argparse.Namespace, stub: pb_grpc.ModelControlStub, call: Caller) -> None:
+    after = args.after
+    if args.tail:
+        events, newest = _tail(stub, call, model=args.model, after=after, count=args.tail)
+        if args.json and not args.follow:
+            print(json.dumps(_dict(pb.ListEventsResponse(events=events, last_seq=newest))))
         else:
-            for event in r.events:
-                out(_event_line(event))
+            for event in events:
+                print(json.dumps(_dict(event)) if args.json else _event_line(event), flush=True)
+        after = max(after, newest)
+    if args.follow:
+        stream = stub.WatchEvents(pb.WatchEventsRequest(after_seq=after, model=args.model),
+                                  metadata=call.metadata)
+        for event in stream:
+            print(json.dumps(_dict(event)) if args.json else _event_line(event), flush=True)
+        return
+    if args.tail:
+        return
+    r = call(stub.ListEvents, pb.ListEventsRequest(after_seq=after, limit=args.limit,
+                                                   model=args.model))
+    if args.json:
+        print(json.dumps(_dict(r)))
+    else:
+        for event in r.events:
+            print(_event_line(event))
+
+
+def _token(args: argparse.Namespace) -> str:
+    """The bearer token to send ("" for none); UsageError if the file cannot be used."""
+    if args.token_file:
+        path = Path(args.token_file)
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read token file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"cannot read token file {path}: not text") from exc
+        if not token:
+            raise UsageError(f"token file {path} is empty")
+        return token
+    return os.environ.get("SIDECAR_CONTROL_TOKEN", "").strip()
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         token = _token(args)
-    except OSError as exc:
-        return _fail(f"cannot read token file: {exc.strerror}", 2)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
     call = Caller(args.timeout, (("authorization", f"Bearer {token}"),) if token else ())
     try:
         with _channel(args) as channel:

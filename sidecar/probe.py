@@ -34,7 +34,11 @@ def main(args: argparse.Namespace) -> int:
         with grpc.insecure_channel(args.address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
     except grpc.RpcError as exc:
-        print(f"{args.address} {args.service or '(server)'}: {exc.code().name}: {exc.details()}",
+        details = exc.details()
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            details = (f"no health service {args.service!r} (the server's is \"\", each"
+                       " model's is its name)")
+        print(f"{args.address} {args.service or '(server)'}: {exc.code().name}: {details}",
               file=sys.stderr)
         return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -50,7 +50,15 @@ class ServerProcess:
         assert self.proc.stdout is not None
         self._log = ServerLog(self.proc.stdout, self._stderr)
         self.log: list[dict[str, Any]] = self._log.records
-        serving = self.wait_for("serving")
+        try:
+            serving = self.wait_for("serving")
+        except BaseException:  # never leave a process or its pipes behind
+            self.proc.kill()
+            self.proc.wait()
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            raise
         self.address: str = serving["address"]
         self.control_address: str = serving["control_address"]
         self.metrics_address: str = serving["metrics_address"]

@@ -400,7 +400,7 @@ def test_a_rollback_never_waits_for_an_earlier_commands_write(tmp_path: Path) ->
             await asyncio.wait_for(activation, TIMEOUT)
             assert not rollback.done()
             on_disk = [(e["action"], e["to_version"]) for e in _disk_events(state)]
-            assert ("activate", 1) in on_disk and ("rollback", 3) not in on_disk
+            assert ("activate", 1) in on_disk  # (the rollback's line precedes its state)
 
             gates[1].set()
             result = await asyncio.wait_for(rollback, TIMEOUT)

@@ -211,6 +211,9 @@ def test_damaged_state_file_starts_and_serves(
         assert [str(p) for p in kept] == [aside[0]["kept_as"]]
         assert (state_dir / "state.json").is_file()  # a new one, saved at start
     else:
+        problems = [r for r in problems  # the log is missing: that is said too
+                    if r["event"] != "event log shorter than the saved state says;"
+                    " numbers skipped"]
         assert {(r["event"], r["model"]) for r in problems} == {
             ("bad guard settings in the saved state; ignored", "tiny")}, problems
         assert _serving(srv)[:2] == (2, 1)  # the rest of the state was restored

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.state.events import PAGE_BYTES, Event, EventLog, encode
+from sidecar.state.events import LOST_SEQ_GAP, PAGE_BYTES, Event, EventLog, encode
 
 # About one line's size (seq and time digits vary it by a few bytes): a limit of
 # n.5 lines holds exactly n lines.
@@ -241,21 +241,23 @@ def test_damaged_lines_are_skipped_and_the_log_opens(
 
 
 def test_seq_floor_is_honoured(tmp_path: Path) -> None:
-    """open(seq_floor) makes the next seq at least floor + 1, and never lowers it."""
+    """open(seq_floor) above what the log holds (it lost events) skips LOST_SEQ_GAP
+    numbers past the floor, which events that saved no state may have used; a floor
+    below what the log holds changes nothing."""
     log = opened(tmp_path)
     add(log, 10)
     log.close()
     high = EventLog(tmp_path)
     high.open(seq_floor=50)
-    assert add(high, 1)[0].seq == 51
+    assert add(high, 1)[0].seq == 50 + LOST_SEQ_GAP + 1
     high.close()
     low = EventLog(tmp_path)
     low.open(seq_floor=3)
-    assert low.last_seq == 51 and add(low, 1)[0].seq == 52
+    assert add(low, 1)[0].seq == 50 + LOST_SEQ_GAP + 2
     low.close()
     memory = EventLog(None)
     memory.open(seq_floor=7)
-    assert memory.make("tiny", "pin", "cli").seq == 8
+    assert memory.make("tiny", "pin", "cli").seq == 7 + LOST_SEQ_GAP + 1
 
 
 def test_bad_rotation_settings_stop_the_start(tmp_path: Path) -> None:

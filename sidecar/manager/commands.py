@@ -17,7 +17,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from types import MappingProxyType
 
 from sidecar.errors import FailedPreconditionError, NotFoundError, UnavailableError
@@ -55,8 +54,9 @@ class Parts:
     entry_for: Callable[[str], ModelEntry]  # one that may exist only on disk
     notify: Callable[[ModelEntry], Awaitable[None]]
     swapped: SwapHook
-    #: awaited before a version newly serves (the crash-loop guard's record)
-    will_serve: Callable[[ModelEntry, ModelVersion], Awaitable[None]]
+    #: awaited before a version newly serves (the crash-loop guard's record); it
+    #: returns how to undo that record if the change is then not made
+    will_serve: Callable[[ModelEntry, ModelVersion], Awaitable[Callable[[], None]]]
 
 
 def check_pin(entry: ModelEntry, actor: str) -> None:
@@ -174,13 +174,18 @@ class Commands:
                     raise
                 if old is version:
                     return SwapResult(model, old, version, 0, time.perf_counter_ns() - start)
-                await p.will_serve(entry, version)  # durable before its first answer
+                forget_serving = await p.will_serve(entry, version)  # before it answers
                 change = Change(p, entry)
                 self.end_candidate(entry, version, f"superseded by activate of version"
                                    f" {version.number} ({actor})", change)
                 swap_ns = self._swap(entry, version, previous=old)
                 unloaded, entry.unloaded = entry.unloaded, False
-                change.undo = partial(setattr, entry, "unloaded", unloaded)
+
+                def undo(unloaded: bool = unloaded,
+                         forget_serving: Callable[[], None] = forget_serving) -> None:
+                    entry.unloaded = unloaded
+                    forget_serving()
+                change.undo = undo
                 p.swapped(entry, old, actor)
                 change.drop(p.residency.evict(entry))
                 change.submit(p.events.make(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sidecar.manager.crashloop import CrashVerdict, judge
 from sidecar.manager.journal import Journal
-from sidecar.state.record import RecordStore, ServingRecord
+from sidecar.state.record import RecordStore, Serving, ServingRecord
 
 log = logging.getLogger("sidecar.crashloop")
 
@@ -86,6 +86,21 @@ class CrashWatch:
         self._timers[model] = loop.call_later(self.window_s, self._survived, model, digest,
                                               since)
         return True
+
+    def current(self, model: str) -> Serving | None:
+        return self._record.models.get(model)
+
+    def put_back(self, model: str, before: Serving | None) -> None:
+        """Undo `will_serve` for a change that was not made (it could not be saved)."""
+        if self._store is None or self._record.models.get(model) == before:
+            return
+        if before is None:
+            self.not_serving(model)
+            return
+        self._set(model, before.version, before.digest)
+        self._record = ServingRecord(False, {**self._record.models, model: before},
+                                     self._record.crashes)
+        self._background()
 
     def not_serving(self, model: str) -> None:
         if self._store is None:

@@ -1,7 +1,7 @@
 """Persisting the serving state and appending events, in order, off the loop.
 
-After each change the state file is replaced (temp, fsync, rename) and then the
-event line appended and fsynced, both on one I/O thread: the event loop never
+After each change the event line is appended and fsynced and then the state
+file replaced (temp, fsync, rename), both on one I/O thread: the event loop never
 waits on the disk, and writes happen in the order they were submitted.
 
 A command submits its write *while it holds the model's lock* (so the journal
@@ -51,7 +51,7 @@ class Journal:
             self._events.publish(event)
 
     async def commit(self, event: Event | None) -> None:
-        """Persist the serving state, then append the event; both fsynced."""
+        """Append the event, then persist the serving state; both fsynced."""
         await self.settle(self.submit(event), event)
 
     async def persist(self) -> None:
@@ -74,10 +74,24 @@ class Journal:
         return await asyncio.get_running_loop().run_in_executor(self._io, work)
 
     def _write(self, state: SavedState | None, event: Event | None) -> None:
-        if state is not None and self._store is not None:
-            self._store.save(state)
+        """The event, then the state; if the state cannot be written the event line
+        is cut off again (truncating needs no free space), so a refused change
+        leaves nothing of itself on disk. A crash between the two leaves the event
+        and the old state: the state file is what a restart serves."""
         if event is not None:
             self._events.write(event)
+        if state is None or self._store is None:
+            return
+        try:
+            self._store.save(state)
+        except OSError:
+            if event is not None:
+                try:
+                    self._events.retract(event)
+                except OSError as exc:
+                    log.error("event line of a change that was not saved stays in the log",
+                              extra={"seq": event.seq, "reason": exc.strerror or str(exc)})
+            raise
 
     def close(self) -> None:
         self._io.shutdown(wait=True)

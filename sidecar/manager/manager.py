@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 from sidecar.errors import InvalidInputError, NotFoundError, UnavailableError
@@ -197,8 +198,11 @@ class ModelManager:
 
     # ---- hooks ------------------------------------------------------------------------------
 
-    async def _will_serve(self, entry: ModelEntry, version: ModelVersion) -> None:
+    async def _will_serve(self, entry: ModelEntry, version: ModelVersion
+                          ) -> Callable[[], None]:
+        before = self.crashes.current(entry.name)
         await self.crashes.will_serve(entry.name, version.number, version.digest)
+        return partial(self.crashes.put_back, entry.name, before)
 
     def _swapped(self, entry: ModelEntry, before: ModelVersion | None, actor: str) -> None:
         active = entry.serving.active

@@ -37,7 +37,7 @@ class Restorer:
     def __init__(self, loading: VersionLoading, journal: Journal, events: EventLog, *,
                  warm_versions: int, quarantine: Mapping[str, str],
                  notify: Callable[[ModelEntry], Awaitable[None]],
-                 will_serve: Callable[[ModelEntry, ModelVersion], Awaitable[None]]) -> None:
+                 will_serve: Callable[[ModelEntry, ModelVersion], Awaitable[object]]) -> None:
         self._loading = loading
         self._journal = journal
         self._events = events

@@ -31,7 +31,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         header = next((v for k, v in metadata if k == "authorization"), None)
         if header is None:
             raise UnauthenticatedError(
-                "missing bearer token: send metadata 'authorization: Bearer <token>'")
+                "missing bearer token: send metadata 'authorization: Bearer <token>'"
+                " (sidecar ctl: --token-file or SIDECAR_CTL_TOKEN_FILE)")
         text = header.decode() if isinstance(header, bytes) else str(header)
         if not text.lower().startswith(_SCHEME) or not text[len(_SCHEME):].strip():
             raise UnauthenticatedError("malformed authorization header: expected 'Bearer <token>'")

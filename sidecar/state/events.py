@@ -78,14 +78,21 @@ _OPTIONAL_TEXT = ("reason", "from_digest", "to_digest")
 _NUMBERS = ("from_version", "to_version")
 
 
+#: Sequence numbers (and versions) travel as int64 on the wire.
+MAX_SEQ = 2**63 - 1
+#: Numbers skipped when the log holds less than the state file says it had (it
+#: was emptied or lost): events that saved no state may have used some of them.
+LOST_SEQ_GAP = 10_000
+
+
 def _problem(data: Any) -> str:
     """What is wrong with an event's JSON object ("" if nothing). Exact type tests
     (JSON gives no subclasses; bool is not an int here): this runs per line read."""
     if type(data) is not dict:
         return "an event is a JSON object"
     seq, stamp = data.get("seq"), data.get("time")
-    if type(seq) is not int or seq < 1:
-        return "'seq' is not a positive integer"
+    if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
+        return "'seq' is not a positive 63-bit integer"
     if type(stamp) not in (int, float) or not math.isfinite(stamp):  # type: ignore[arg-type]
         return "'time' is not a number"
     for name in _TEXT:
@@ -95,8 +102,9 @@ def _problem(data: Any) -> str:
         if type(data.get(name, "")) is not str:
             return f"{name!r} is not a string"
     for name in _NUMBERS:
-        if type(data.get(name, 0)) is not int:
-            return f"{name!r} is not an integer"
+        value = data.get(name, 0)
+        if type(value) is not int or not 0 <= value <= MAX_SEQ:
+            return f"{name!r} is not a 63-bit integer"
     details = data.get("details", {})
     if type(details) is not dict or any(type(v) is not str for v in details.values()):
         return "'details' is not an object of strings"
@@ -212,6 +220,8 @@ class EventLog:
         self._size = 0  # bytes in the current file
         self._rotate_at = max_bytes
         self._files_lock = threading.Lock()  # rotation vs. a reader opening the files
+        #: the last line written: (file, its size before, seq), for `retract`
+        self._last: tuple[io.FileIO, int, int] | None = None
         #: (model, action, actor) -> events published since start, for metrics
         self.counts: dict[tuple[str, str, str], int] = {}
 
@@ -229,7 +239,14 @@ class EventLog:
             self._recent.extend(reversed(newest))
             self._file = eventfiles.open_for_append(self.path)
             self._size = self.path.stat().st_size
-        self._seq = max(self._seq, seq_floor)
+        seq_floor = min(seq_floor, MAX_SEQ - LOST_SEQ_GAP)
+        if self._seq < seq_floor:
+            # The log holds less than the state file says it had: events that saved
+            # no state may have taken numbers above the saved one. Skip past them.
+            log.warning("event log shorter than the saved state says; numbers skipped",
+                        extra={"log_seq": self._seq, "saved_seq": seq_floor,
+                               "next_seq": seq_floor + LOST_SEQ_GAP + 1})
+            self._seq = seq_floor + LOST_SEQ_GAP
 
     def _load(self, file: Path, newest: list[tuple[Event, int]]) -> None:
         """Read one file, newest line first: note its highest seq, add its events
@@ -274,8 +291,11 @@ class EventLog:
         """Append and fsync one event line, rotating first if the line would take
         the file past the limit (blocking: call from the I/O thread). A failed
         write is cut back off the file, so it cannot damage the next line."""
-        if self._file is None:
+        if self.path is None:
             return
+        if self._file is None:  # it could not be created at start (a full disk)
+            self._file = eventfiles.open_for_append(self.path)
+            self._size = self.path.stat().st_size
         line = encode(event)
         if self._size and self._size + len(line) > self._rotate_at:
             self._rotate()
@@ -289,7 +309,19 @@ class EventLog:
             with contextlib.suppress(OSError):
                 file.truncate(self._size)
             raise
+        self._last = (file, self._size, event.seq)
         self._size += len(line)
+
+    def retract(self, event: Event) -> None:
+        """Cut the line `write` just appended for `event` off again (its change could
+        not be saved): truncating needs no free space. Blocking, I/O thread."""
+        last = self._last
+        if last is None or last[2] != event.seq or last[0] is not self._file:
+            return
+        file, size, _ = last
+        file.truncate(size)
+        os.fsync(file.fileno())
+        self._size, self._last = size, None
 
     def _rotate(self) -> None:
         assert self.path is not None and self._file is not None

@@ -182,7 +182,7 @@ class StateStore:
             value = json.loads(self.path.read_bytes()).get("last_seq", 0)
         except (OSError, ValueError, AttributeError, RecursionError):
             return 0
-        return value if isinstance(value, int) and value > 0 else 0
+        return value if isinstance(value, int) and 0 < value < 2**62 else 0
 
     def save(self, state: SavedState) -> None:
         data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
