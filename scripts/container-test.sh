@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# Build the Dockerfile from this checkout and run the image for real, as root with
-# Debian's podman (no Docker daemon, no image registry here: see
-# /work/shared/containers.md, whose steps this follows).
+# Build the Dockerfile from this checkout with the README's podman command and run
+# the image for real, as root with Debian's podman (no Docker daemon and no image
+# registry needed; PyPI and a Debian mirror must be reachable).
 #
-#   bash scripts/container-test.sh        # from the repository root; CI runs it after `make test`
+#   bash scripts/container-test.sh        # from anywhere; CI (.ci/run) runs it after `make test`
 #
 # 1. installs podman, runc, catatonit, debootstrap with apt if one is missing;
-# 2. configures podman in a work dir ($SIDECAR_PODMAN_WORK, default /var/tmp/sidecar-podman,
-#    reused by later runs): storage there, raised ulimits, nothing written to /etc;
-# 3. creates stand-ins for python:3.11-slim (debootstrap + Debian's Python 3.11) only if
-#    `podman image exists` says they are missing: the first run takes a minute more;
-# 4. builds the image, PyPI reached through the host CA mounted into the RUN steps only;
+# 2. uses podman as installed: its normal storage (/var/lib/containers/storage, so
+#    `podman images` shows what this script built), nothing written to /etc. A work
+#    dir ($SIDECAR_CONTAINER_WORK, default /var/tmp/sidecar-container-test) holds a
+#    lock, the stand-in's build files and the run's token;
+# 3. the base image, $SIDECAR_BASE_IMAGE (default localhost/python:3.11-slim): used if
+#    podman has it, pulled if it names a registry (a mirror), else, with no registry
+#    here, the default is built once as a stand-in for python:3.11-slim: Debian
+#    bookworm (debootstrap from the mirror apt uses) with Debian's Python 3.11 and
+#    python3-venv. About a minute the first time, kept for later runs;
+# 4. builds the image with the README's command (README, "Container image"):
+#      podman build --format docker --build-arg BASE_IMAGE=$BASE_IMAGE -t sidecar .
+#    plus, because PyPI's TLS is intercepted here, the host CA bundle mounted over the
+#    build's bundle (RUN steps only: the image keeps its own). The image stays, as
+#    `localhost/sidecar:latest`; the previous build of that tag and the untagged images
+#    of earlier builds that this one did not reuse as cache are removed;
 # 5. runs it like a pod would: root filesystem read-only, all capabilities dropped,
 #    examples/models mounted read-only, a control token from a read-only file, the
 #    control port opened to the host (SIDECAR_CONTROL_LISTEN=0.0.0.0:8002) on 127.0.0.1;
@@ -18,9 +28,11 @@
 #    infers with tritonclient (version 2's values), `sidecar ctl rollback tiny` with the
 #    token (then version 1's values), a call without the token and one with a wrong
 #    token are refused, /metrics answers; inside: the image's HEALTHCHECK, uid 10001,
-#    read-only root, state.json written, no compiler;
-# 7. `podman stop -t 30`: exit code 0 (SIGTERM handled: not 143, not killed: not 137);
-# 8. prints the image size, the container's RSS while serving and the time of each phase.
+#    read-only root, state.json written, no compiler, no pip, no test suites;
+# 7. `podman stop -t 30`: exit code 0 (SIGTERM handled: not 143, not killed: not 137),
+#    then the container and its anonymous volumes are removed;
+# 8. prints the image size, what the venv holds, the container's RSS while serving
+#    and the time of each phase.
 # Any step that cannot run fails the script with a message; nothing is skipped.
 set -euo pipefail
 set -o errtrace
@@ -30,20 +42,22 @@ trap 'on_err $? $LINENO' ERR
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-PW=${SIDECAR_PODMAN_WORK:-/var/tmp/sidecar-podman}
-IMAGE=${SIDECAR_TEST_IMAGE:-localhost/sidecar:container-test}
-BASE=docker.io/library/python:3.11-slim
-DEBIAN=docker.io/library/debian:bookworm
+PW=${SIDECAR_CONTAINER_WORK:-/var/tmp/sidecar-container-test}
+IMAGE=${SIDECAR_TEST_IMAGE:-sidecar}                  # the README's tag: localhost/sidecar:latest
+BASE_IMAGE=${SIDECAR_BASE_IMAGE:-localhost/python:3.11-slim}
+DEBIAN=localhost/debian:bookworm-minbase             # the stand-in's own base
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
 PY=$ROOT/.venv/bin/python
 SIDECAR=$ROOT/.venv/bin/sidecar
 NAME=sidecar-container-test-$$
+LABEL=org.opencontainers.image.title=sidecar        # set by both stages of the Dockerfile
 TOKEN_IN=/etc/sidecar/token          # where the container reads its token (as in deploy/kubernetes)
 START_DEADLINE_S=120                 # container start -> health SERVING
 STOP_TIMEOUT_S=30                    # podman stop -t: SIGTERM, then SIGKILL after this
 
 T0=$(date +%s.%N)
 TOKEN_DIR=""
+PODMAN_READY=""
 declare -a TIMINGS=()
 
 CHECKS=0
@@ -57,8 +71,7 @@ timing() { TIMINGS+=("$(printf '%-40s %6s s' "$1" "$2")"); }
 cleanup() {
     local rc=$?
     trap - ERR
-    if [[ -n ${CONTAINERS_CONF:-} ]] && command -v podman >/dev/null 2>&1 \
-        && podman container exists "$NAME" 2>/dev/null; then
+    if [[ -n $PODMAN_READY ]] && podman container exists "$NAME" 2>/dev/null; then
         if ((rc != 0)); then
             echo "--- last lines of the container's log ---" >&2
             podman logs --tail 40 "$NAME" 2>&1 | sed 's/^/    /' >&2 || true
@@ -77,7 +90,7 @@ trap cleanup EXIT
 
 # ---------------------------------------------------------------- preconditions
 step "preconditions"
-[[ $(id -u) == 0 ]] || die "run as root: this script uses rootful podman (see /work/shared/containers.md)"
+[[ $(id -u) == 0 ]] || die "run as root: this script uses rootful podman"
 [[ -x $PY && -x $SIDECAR ]] \
     || die "$ROOT/.venv is missing: run 'make test' first (it creates .venv with tritonclient and the sidecar)"
 "$PY" -c 'import numpy, onnx, tritonclient.grpc' \
@@ -108,37 +121,32 @@ else
 fi
 podman --version
 
-# ---------------------------------------------------------------- 2. configure
-step "2. podman work dir $PW"
+# ---------------------------------------------------------------- 2. podman, work dir
+step "2. podman (normal storage), work dir $PW"
 mkdir -p "$PW"
 exec 9>"$PW/lock"
 flock -w 1800 9 || die "another container test has held $PW/lock for 30 minutes"
-cat >"$PW/containers.conf" <<'EOF'
-[containers]
-# Without it every `podman run` fails here: root lacks CAP_SYS_RESOURCE and the hard
-# limits are below podman's defaults (error setting rlimit type 7).
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-EOF
-printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/root"\nrunroot = "%s/run"\n' "$PW" "$PW" \
-    >"$PW/storage.conf"
-printf '[global]\ncert = %s\n' "$HOST_CA" >"$PW/pip.conf"
-export CONTAINERS_CONF=$PW/containers.conf CONTAINERS_STORAGE_CONF=$PW/storage.conf
-podman info --format '{{.Store.GraphDriverName}} {{.Store.GraphRoot}} {{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}}' \
+podman info --format 'storage {{.Store.GraphDriverName}} {{.Store.GraphRoot}}, runtime {{.Host.OCIRuntime.Name}}, cgroups {{.Host.CgroupManager}}' \
     || die "podman info failed: podman cannot run here"
+PODMAN_READY=1
+# podman gives containers nofile and nproc limits above this machine's hard limits,
+# and root lacks CAP_SYS_RESOURCE: a plain `podman run` fails here ("error setting
+# rlimit type 7"). The run below asks for less: nofile at the hard limit and nproc at
+# 32768 (runc refused 40000 here, though the shell's hard limit is 96365).
+ULIMITS=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit "nproc=32768:32768")
 
-# ---------------------------------------------------------------- 3. base images
-step "3. base image $BASE"
+# ---------------------------------------------------------------- 3. base image
+step "3. base image $BASE_IMAGE"
 t=$(now)
-if podman image exists "$BASE"; then
+if podman image exists "$BASE_IMAGE"; then
     echo "present (reused)"
     timing "base image (reused)" "$(secs "$t")"
+elif [[ -n ${SIDECAR_BASE_IMAGE:-} ]]; then
+    echo "pulling $BASE_IMAGE"
+    podman pull "$BASE_IMAGE" || die "cannot pull $BASE_IMAGE"
+    timing "base image (pulled)" "$(secs "$t")"
 else
-    echo "no registry here: building a local stand-in (Debian bookworm's Python 3.11) for $BASE"
+    echo "no registry here: building a local stand-in for python:3.11-slim (Debian bookworm's Python 3.11)"
     if ! podman image exists "$DEBIAN"; then
         mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
         [[ -n $mirror ]] || mirror=$(awk '/^deb / { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
@@ -150,44 +158,63 @@ else
             || { tail -20 "$PW/debootstrap.log" >&2; die "debootstrap failed (log: $PW/debootstrap.log)"; }
         rm -rf "$PW"/rootfs/var/cache/apt/archives/*.deb "$PW"/rootfs/var/lib/apt/lists/*
         tar -C "$PW/rootfs" -c . | podman import --change 'CMD ["bash"]' - "$DEBIAN" >/dev/null
-        podman tag "$DEBIAN" docker.io/library/debian:bookworm-slim
         rm -rf "$PW/rootfs"
     fi
     mkdir -p "$PW/py"
-    cat >"$PW/py/Containerfile" <<'EOF'
-FROM docker.io/library/debian:bookworm
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv python3-pip python-is-python3 \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /usr/lib/python3.11/EXTERNALLY-MANAGED \
- && for b in python python3 pip pip3; do ln -s /usr/bin/$b /usr/local/bin/$b; done
+    # What the Dockerfile needs of python:3.11-slim: `python` 3.11 with venv, a shell,
+    # groupadd/useradd and a CA bundle at /etc/ssl/certs/ca-certificates.crt.
+    cat >"$PW/py/Containerfile" <<EOF
+FROM $DEBIAN
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv python3-pip python-is-python3 \\
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /usr/lib/python3.11/EXTERNALLY-MANAGED \\
+ && for b in python python3 pip pip3; do ln -s /usr/bin/\$b /usr/local/bin/\$b; done
 ENV LANG=C.UTF-8 PYTHON_VERSION=3.11.2
 CMD ["python3"]
 EOF
-    podman build -q --pull=never -t "$BASE" "$PW/py" >/dev/null || die "building the $BASE stand-in failed"
+    podman build -q -t "$BASE_IMAGE" "$PW/py" >/dev/null || die "building the $BASE_IMAGE stand-in failed"
     timing "base image (stand-in created)" "$(secs "$t")"
 fi
+base_bytes=$(podman image inspect --format '{{.Size}}' "$BASE_IMAGE")
 
 # ---------------------------------------------------------------- 4. build
 step "4. build $IMAGE"
 t=$(now)
 old_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-# --format docker: the OCI format has no HEALTHCHECK (podman would drop it).
-# The host CA (and a pip.conf naming it, for pips that use certifi) are mounted into
-# the RUN steps only; the image keeps its own CA bundle.
-podman build --pull=never --format docker -t "$IMAGE" \
-    -v "$HOST_CA:$HOST_CA:ro" -v "$PW/pip.conf:/etc/pip.conf:ro" \
-    "$ROOT" 2>&1 | sed 's/^/    /'
+BUILD=(podman build --format docker --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$IMAGE")
+# Here only: PyPI's TLS is intercepted, so the build verifies it with the host's bundle.
+PROXY_CA=(-v "$HOST_CA:/etc/ssl/certs/ca-certificates.crt:ro")
+echo "${BUILD[*]} ${PROXY_CA[*]} ."
+"${BUILD[@]}" "${PROXY_CA[@]}" . 2>&1 | tee "$PW/build.log" | sed 's/^/    /'
 new_id=$(podman image inspect --format '{{.Id}}' "$IMAGE") || die "the build produced no $IMAGE"
-ok "image built from the checkout"
+ok "image built from the checkout with the README's command"
 if [[ -n $old_id && $old_id != "$new_id" ]]; then
     podman rmi "$old_id" >/dev/null 2>&1 \
         && echo "removed the previous build ${old_id:0:12}" \
         || echo "note: previous build ${old_id:0:12} kept (still in use)"
 fi
+# Untagged images of earlier builds of this Dockerfile (both stages carry its label)
+# that this build neither made nor reused: removed, leaves first. The ones it used
+# stay, as the layer cache of the next run (a warm rebuild takes seconds).
+used=$(sed -nE 's/^--> (Using cache )?([0-9a-f]{11}).*/\2/p' "$PW/build.log" | sort -u)
+removed=0
+while :; do
+    progress=0
+    for id in $(podman images -a --noheading --filter "label=$LABEL" --format '{{.ID}} {{.Repository}}' \
+                | awk '$2 == "<none>" { print $1 }'); do
+        grep -qx "${id:0:11}" <<<"$used" && continue
+        if podman rmi "$id" >/dev/null 2>&1; then progress=1; removed=$((removed + 1)); fi
+    done
+    ((progress)) || break
+done
+((removed == 0)) || echo "removed $removed untagged images of earlier builds"
 timing "build" "$(secs "$t")"
 size_bytes=$(podman image inspect --format '{{.Size}}' "$IMAGE")
-image_mb=$(awk -v b="$size_bytes" 'BEGIN { printf "%.0f", b / 1e6 }')
-echo "image ${new_id:0:12}: $image_mb MB"
+mb() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1e6 }'; }
+image_mb=$(mb "$size_bytes"); base_mb=$(mb "$base_bytes"); own_mb=$(mb "$((size_bytes - base_bytes))")
+podman images "$IMAGE"
+[[ $(podman images --quiet "$IMAGE") ]] || die "plain \`podman images $IMAGE\` does not list the image"
+ok "\`podman images\` lists it: $image_mb MB = base $base_mb MB + $own_mb MB of its own"
 
 # ---------------------------------------------------------------- 5. run
 step "5. run"
@@ -201,7 +228,7 @@ t=$(now)
 # No --init: like a Kubernetes pod, `sidecar serve` is PID 1 and handles SIGTERM itself.
 # The image's HEALTHCHECK is run by hand below (`podman healthcheck run`): podman 4.3 also
 # tries to give it a systemd timer, and there is no systemd here (that error is filtered).
-podman run -d --name "$NAME" --pull=never \
+podman run -d --name "$NAME" --pull=never "${ULIMITS[@]}" \
     --read-only --read-only-tmpfs=false \
     --cap-drop=ALL --security-opt=no-new-privileges \
     -p 127.0.0.1::8001 -p 127.0.0.1::8002 -p 127.0.0.1::8003 \
@@ -339,7 +366,13 @@ ok "state.json written in the /var/lib/sidecar volume"
 compilers=$(podman exec "$NAME" sh -c 'for c in gcc cc c++ g++ clang make; do command -v "$c" || true; done')
 [[ -z $compilers ]] || die "compilers in the final image: $compilers"
 ok "no compiler in the final image"
+leftovers=$(podman exec "$NAME" sh -c 'cd /opt/venv && ls -d bin/pip* lib/python3*/site-packages/pip lib/python3*/site-packages/setuptools 2>/dev/null; find . -type d \( -name tests -o -name f2py -o -name transformers -o -name quantization \)')
+[[ -z $leftovers ]] || die "the venv still holds what serving never loads: $leftovers"
+ok "no pip, setuptools, test suites, f2py or onnxruntime offline tools in the venv"
 venv_size=$(podman exec "$NAME" du -sh /opt/venv | cut -f1)
+# What the venv holds: its biggest top-level entries, in MiB (du -sm, rounded up).
+venv_top=$(podman exec "$NAME" sh -c 'cd /opt/venv/lib/python3*/site-packages && du -sm -- * | sort -rn | head -8' \
+    | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 } END { print "" }')
 
 # ---------------------------------------------------------------- memory
 pid=$(podman inspect --format '{{.State.Pid}}' "$NAME")
@@ -371,7 +404,8 @@ ok "SIGTERM: drained and exited 0 after ${stop_s}s"
 
 # ---------------------------------------------------------------- 8. report
 step "summary"
-echo "image         $IMAGE ${new_id:0:12}: $image_mb MB (venv $venv_size), base $BASE"
+echo "image         $IMAGE ${new_id:0:12}: $image_mb MB (base $BASE_IMAGE $base_mb MB + $own_mb MB), venv $venv_size"
+echo "venv (MiB)    $venv_top"
 echo "RSS serving   ${rss_mb} MiB (peak ${hwm_mb} MiB, ${threads} threads) of PID 1, tiny v1+v2 and text loaded; podman stats: $stats"
 printf '%s\n' "${TIMINGS[@]}"
 timing_total=$(secs "$T0")

@@ -98,7 +98,8 @@ def token_server(start_server: Any, tmp_path: Path) -> ServerProcess:
     return srv
 
 
-_MISSING = "missing bearer token: send metadata 'authorization: Bearer <token>'"
+_MISSING = ("missing bearer token: send metadata 'authorization: Bearer <token>'"
+            " (sidecar ctl: --token-file or SIDECAR_CTL_TOKEN_FILE)")
 _UNIMPLEMENTED = "SystemSharedMemoryStatus: system shared memory is not supported"
 
 
