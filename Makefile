@@ -4,9 +4,21 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-LISTEN ?= 0.0.0.0:8001
 
-.PHONY: run test lint unit proto models bench clean
+# `make run`: the three addresses (the sidecar's defaults), the repository it
+# serves (a scratch copy of examples/models, made once) and its state directory
+# (empty: the sidecar's default, one per repository). A second instance needs
+# other ports, and another MODELS or a STATE_DIR of its own.
+LISTEN         ?= 0.0.0.0:8001
+CONTROL_LISTEN ?= 127.0.0.1:8002
+METRICS_LISTEN ?= 0.0.0.0:8003
+MODELS         ?= .run/models
+STATE_DIR      ?=
+# `make ctl ARGS="..."`: a `sidecar ctl` command for the sidecar `make run` serves
+ARGS           ?= status
+CONTROL        := $(subst 0.0.0.0:,127.0.0.1:,$(CONTROL_LISTEN))
+
+.PHONY: run ctl test lint unit proto models bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +31,23 @@ $(VENV)/.test: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.run
 
-## run: install and serve the bundled example repository on $(LISTEN)
-run: $(VENV)/.run
-	$(BIN)/sidecar serve --model-repository examples/models --listen $(LISTEN) --log-format text
+# The scratch copy `make run` serves: examples/models stays as committed.
+$(MODELS):
+	mkdir -p $(dir $(MODELS:/=))
+	cp -R examples/models $(MODELS:/=)
+
+## run: install and serve a scratch copy of the example repository on $(LISTEN)
+run: $(VENV)/.run | $(MODELS)
+	@echo "serving $(MODELS) (a copy of examples/models; rm -rf $(MODELS) to start over)."
+	@echo "publish a version: write $(MODELS)/<model>/<N>/model.onnx (e.g. cp -R $(MODELS)/tiny/1 $(MODELS)/tiny/3)."
+	@echo "control it from another terminal: make ctl ARGS=\"status\" (or $(BIN)/sidecar ctl --address $(CONTROL) status)."
+	$(BIN)/sidecar serve --model-repository $(MODELS) --listen $(LISTEN) \
+	  --control-listen $(CONTROL_LISTEN) --metrics-listen $(METRICS_LISTEN) \
+	  $(if $(STATE_DIR),--state-dir $(STATE_DIR)) --log-format text
+
+## ctl: run `sidecar ctl $(ARGS)` against the sidecar of `make run` (CONTROL_LISTEN)
+ctl: $(VENV)/.run
+	@$(BIN)/sidecar ctl --address $(CONTROL) $(ARGS)
 
 ## test: install, lint, type-check and run the whole test suite
 test: lint unit

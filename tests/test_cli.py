@@ -10,7 +10,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import make_models
 from helpers import client
+from serverlog import ServerLog
 
 from sidecar.settings import Settings, env_name, flag_name
 
@@ -110,3 +112,105 @@ def test_sigterm_stops_cleanly_with_exit_0(start_server, standard_repo) -> None:
     srv = start_server(standard_repo)
     assert srv.stop() == 0
     assert any(r.get("event") == "stopped" for r in srv.log)
+
+
+def test_environment_error_is_one_line(tmp_path: Path) -> None:
+    """A SIDECAR_* value that does not parse: only `sidecar: error: SIDECAR_X=...:
+    reason` (no usage text), exit 2; the same for a value outside the choices."""
+    cases = {"SIDECAR_MAX_MESSAGE_MB": ("lots", "expected an integer"),
+             "SIDECAR_GRACE_S": ("soon", "expected a number"),
+             "SIDECAR_WATCH": ("maybe", "expected true or false"),
+             "SIDECAR_LOG_FORMAT": ("xml", "choose from json, text")}
+    for name, (value, reason) in cases.items():
+        result = _run("serve", "--model-repository", str(tmp_path), env={name: value})
+        assert result.returncode == 2, name
+        assert result.stderr.splitlines() == [f"sidecar: error: {name}={value!r}: {reason}"]
+
+
+def test_address_that_is_not_host_port_is_a_configuration_error(tmp_path: Path) -> None:
+    """`--listen 8001` (no host) and other addresses that are not HOST:PORT: one
+    line naming the flag, exit 2 (bad configuration), before anything binds."""
+    for flag, value in (("--listen", "8001"), ("--control-listen", "127.0.0.1:port"),
+                        ("--metrics-listen", "127.0.0.1:99999"), ("--listen", "[::1:8001")):
+        result = _run("serve", "--model-repository", str(tmp_path), "--listen", "127.0.0.1:0",
+                      "--control-listen", "127.0.0.1:0", "--metrics-listen", "", flag, value)
+        assert result.returncode == 2, (flag, value, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"sidecar: error: {flag} {value!r} is not HOST:PORT"), lines
+
+
+def test_a_model_folder_given_as_the_repository_is_refused(tmp_path: Path) -> None:
+    """`--model-repository examples/models/tiny` (one level too deep: every folder a
+    number holding model.onnx): exit 2 with one line saying to give its parent."""
+    repo = tmp_path / "models"
+    for version in (1, 2):
+        make_models.write_model(make_models.tiny_model(version), repo, "tiny", version)
+    result = _run("serve", "--model-repository", str(repo / "tiny"),
+                  "--listen", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"sidecar: error: model repository {repo / 'tiny'} holds version folders (1, 2, each"
+        f" with model.onnx): this looks like a model folder; give its parent ({repo})"]
+
+
+def test_numbered_folders_beside_models_are_a_warning(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """All-digit model names are valid: a folder `7/model.onnx` beside real models is
+    served as it always was (a model without versions), with a warning saying why
+    it serves nothing."""
+    repo = tmp_path / "repo"
+    make_models.write_model(make_models.tiny_model(1), repo, "tiny", 1)
+    (repo / "7").mkdir()
+    (repo / "7" / "model.onnx").write_bytes(make_models.tiny_model(2).SerializeToString())
+    srv = start_server(repo, "--no-strict-readiness")
+    warning = next(r for r in srv.log if r.get("folders") == ["7"])
+    assert warning["level"] == "warning" and "look like versions" in warning["event"]
+
+
+def test_text_log_says_how_to_reach_the_control_address(tmp_path: Path) -> None:
+    """With --log-format text, a line after `serving` gives the `sidecar ctl`
+    command for the control address (the port chosen for port 0); the JSON log has
+    no such line, and its `serving` record keeps its fields."""
+    repo = make_models_repo(tmp_path / "repo")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve", "--model-repository", str(repo),
+         "--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0", "--metrics-listen", "",
+         "--state-dir", str(tmp_path / "state"), "--log-format", "text"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    log = ServerLog(proc.stdout)
+    try:
+        serving = log.wait_for("non-json", 60, line=_Contains(" sidecar: serving "))
+        control = serving["line"].split("control_address=")[1].split()[0]
+        hint = log.wait_for("non-json", 60, line=_Contains("control it with:"))
+        assert hint["line"].rstrip().endswith(
+            f"control it with: {sys.executable} -m sidecar ctl --address {control} status")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+        proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_json_serving_record_is_unchanged(server) -> None:  # type: ignore[no-untyped-def]
+    """The JSON `serving` record (parsed by tests and benchmarks) has exactly its
+    fields, and no control hint line is logged in JSON."""
+    serving = next(r for r in server.log if r.get("event") == "serving")
+    assert set(serving) == {"ts", "level", "logger", "event", "address", "control_address",
+                            "metrics_address", "models", "ready"}
+    assert not any("control it with" in str(r.get("event")) for r in server.log)
+
+
+class _Contains(str):
+    """Equal to any string that contains it (for ServerLog.wait_for's fields)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and str(self) in other
+
+    __hash__ = str.__hash__
+
+
+def make_models_repo(repo: Path) -> Path:
+    make_models.build_examples(repo)
+    return repo

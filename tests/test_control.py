@@ -189,3 +189,109 @@ def test_mutual_tls_on_control_and_tls_on_inference(start_server, tmp_path, pki)
     c = client(srv.address, ssl=True, root_certificates=str(pki / "ca.pem"))
     x = np.ones((1, 4), np.float32)
     assert c.infer("tiny", [infer_input("INPUT0", x, "FP32")]).get_response().model_version == "3"
+
+
+def _ctl_anywhere(*args: str, env: dict[str, str] | None = None
+                  ) -> subprocess.CompletedProcess[str]:
+    """`sidecar ctl ARGS` as typed, with no option added before the command."""
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "ctl", *args], capture_output=True, text=True,
+        timeout=60, env={k: v for k, v in {**os.environ, **(env or {})}.items()
+                         if not k.startswith("SIDECAR_C") or (env and k in env)})
+
+
+def test_global_options_work_after_the_command(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`ctl models --json`, `ctl status --address A --token-file F`: the options of
+    `ctl` work after the command as before it, and one given before the command is
+    not undone by the command's parser."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    srv = start_server(_repo(tmp_path / "repo"), "--control-token-file", str(token_file))
+    a = srv.control_address
+    after = _ctl_anywhere("models", "--json", "--address", a, "--token-file", str(token_file))
+    assert after.returncode == 0, after.stderr
+    assert [m["name"] for m in json.loads(after.stdout)["models"]] == ["tiny"]
+    mixed = _ctl_anywhere("--json", "--address", a, "status", "--token-file", str(token_file),
+                          "--timeout", "10")
+    assert mixed.returncode == 0, mixed.stderr
+    assert json.loads(mixed.stdout)["ready"] is True
+    swap = _ctl_anywhere("--address", a, "--token-file", str(token_file), "rollback", "tiny",
+                         "--json", "--actor", "deployer", "--reason", "after")
+    assert swap.returncode == 0, swap.stderr
+    events = ctl_json(a, "--token-file", str(token_file), "events", "--model", "tiny")["events"]
+    assert (events[-1]["action"], events[-1]["actor"]) == ("rollback", "deployer")
+
+
+def test_token_problems_say_what_to_do(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No token: UNAUTHENTICATED pointing to --token-file; a token file that cannot
+    be read or is empty: exit 2 naming the file."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    srv = start_server(_repo(tmp_path / "repo"), "--control-token-file", str(token_file))
+    none = ctl(srv.control_address, "status")
+    assert none.returncode == 6
+    assert "--token-file or SIDECAR_CTL_TOKEN_FILE" in none.stderr
+    missing = ctl(srv.control_address, "status", "--token-file", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert missing.stderr.splitlines() == [
+        f"sidecar ctl: error: cannot read token file {tmp_path / 'nope'}: No such file or"
+        " directory"]
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    blank = ctl(srv.control_address, "--token-file", str(empty), "status")
+    assert blank.returncode == 2
+    assert blank.stderr.splitlines() == [f"sidecar ctl: error: token file {empty} is empty"]
+
+
+def test_events_tail_gives_the_newest_oldest_first(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`events --tail N`: the newest N events, printed oldest first (per model with
+    --model; all of them when fewer exist); `--limit` still pages from the oldest;
+    with --follow, the tail and then each new event."""
+    srv = start_server(_repo(tmp_path / "repo"))
+    a = srv.control_address
+    for _ in range(4):
+        assert ctl(a, "rollback", "tiny").returncode == 0
+    assert ctl(a, "pin", "tiny").returncode == 0
+    every = ctl_json(a, "events", "--limit", "1000")["events"]
+    seqs = [e["seq"] for e in every]
+    assert [e["seq"] for e in ctl_json(a, "events", "--tail", "2")["events"]] == seqs[-2:]
+    assert [e["seq"] for e in ctl_json(a, "events", "--limit", "2")["events"]] == seqs[:2]
+    assert [e["seq"] for e in ctl_json(a, "events", "--tail", "1000")["events"]] == seqs
+    tiny = [e for e in every if e["model"] == "tiny"]
+    tail = ctl_json(a, "events", "--model", "tiny", "--tail", "3")
+    assert [e["action"] for e in tail["events"]] == ["rollback", "rollback", "pin"]
+    assert [e["seq"] for e in tail["events"]] == [e["seq"] for e in tiny[-3:]]
+    text = ctl(a, "events", "--tail", "2")
+    assert text.returncode == 0
+    assert [line.split()[0] for line in text.stdout.splitlines()] == [
+        f"#{s}" for s in seqs[-2:]]
+    assert ctl(a, "events", "--tail", "0").returncode == 2
+    assert ctl(a, "events", "--tail", "1", "--limit", "1").returncode == 2
+
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "ctl", "--address", a, "events", "--json",
+         "--model", "tiny", "--tail", "1", "--follow"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert json.loads(follower.stdout.readline())["seq"] == tiny[-1]["seq"]
+        assert ctl(a, "unpin", "tiny").returncode == 0
+        live = json.loads(follower.stdout.readline())
+        assert live["action"] == "unpin" and int(live["seq"]) == int(seqs[-1]) + 1
+    finally:
+        follower.kill()
+        follower.communicate(timeout=30)
+
+
+def test_probe_names_the_health_services(start_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`probe --service nope`: NOT_FOUND with a message saying which services exist."""
+    srv = start_server(_repo(tmp_path / "repo"))
+    ok = subprocess.run([sys.executable, "-m", "sidecar", "probe", "--address", srv.address,
+                         "--service", "tiny"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout == f"{srv.address} tiny: SERVING\n"
+    nope = subprocess.run([sys.executable, "-m", "sidecar", "probe", "--address", srv.address,
+                           "--service", "nope"], capture_output=True, text=True, timeout=60)
+    assert nope.returncode == 1
+    assert nope.stderr.splitlines() == [
+        f"{srv.address} nope: NOT_FOUND: no health service 'nope' (the server's is \"\","
+        " each model's is its name)"]

@@ -217,9 +217,13 @@ class DataPlane:
                 if await self._fails_elsewhere(handle, feeds, names):
                     raise InvalidInputError(
                         f"the input fails on {handle.label} and on the version it is"
-                        f" compared with alike, so it is the input: {exc}") from exc
+                        f" compared with alike, so it is the input: {_public(str(exc))}"
+                    ) from exc
                 self._failed(handle, start)
-                raise ModelExecutionError(f"{handle.label} failed: {exc}") from exc
+                # The client gets one line without server paths; the control plane's
+                # statistics and the guard's events keep the failure.
+                raise ModelExecutionError(f"{handle.label} failed: {_public(str(exc))}"
+                                          ) from exc
             if self._nonfinite is not None and self._nonfinite(handle.model):
                 bad = _non_finite(names, arrays)
                 if bad and not _non_finite(list(feeds), list(feeds.values())):
