@@ -51,8 +51,9 @@ def servers() -> Iterator[Start]:
     one cannot give.)"""
     started: list[ServerProcess] = []
 
-    def start(repo: Path, state: Path, *args: str) -> ServerProcess:
-        proc = ServerProcess(repo, *args, state_dir=state)
+    def start(repo: Path, state: Path, *args: str, env: dict[str, str] | None = None
+              ) -> ServerProcess:
+        proc = ServerProcess(repo, *args, state_dir=state, env=env)
         started.append(proc)
         return proc
 
@@ -503,3 +504,60 @@ def test_a_kill_right_after_an_activation_counts_against_the_new_version(
     assert [e["from_version"]["number"] for e in events(third, "crash-loop")] == ["1"]
     assert list(quarantined(third)) == [1]
     assert answering(third) == 3
+
+
+# ---- a version whose inference aborts the process ----------------------------------------
+
+_ABORTING = """
+import os
+if os.environ.get("ABORT_MODEL_PATH"):
+    # Test code injected into the server process only (the product is unchanged):
+    # onnxruntime's run aborts the process, as a crashing operator would, when the
+    # session's model file is the one named and an input holds 666.
+    import onnxruntime
+
+    _run = onnxruntime.InferenceSession.run
+
+    def run(self, output_names, input_feed, run_options=None):
+        if os.environ["ABORT_MODEL_PATH"] in str(getattr(self, "_model_path", "")):
+            if any((getattr(v, "size", 0) and (v == 666.0).any()) for v in input_feed.values()):
+                os.abort()
+        return _run(self, output_names, input_feed, run_options)
+
+    onnxruntime.InferenceSession.run = run
+"""
+
+
+def test_a_version_that_aborts_the_process_is_rolled_back_after_two_crashes(
+        servers: Start, tmp_path: Path) -> None:
+    """Version 3's inference aborts the process (SIGABRT, a real crash of the server
+    process on a request) twice in a row: the next start serves version 2 and shows
+    3 quarantined for a crash, and requests that crashed 3 are answered by 2."""
+    repo, state = _repo(tmp_path / "repo"), tmp_path / "state"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_ABORTING)
+    env = {"ABORT_MODEL_PATH": str(repo / "tiny" / "3"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", ""))
+                                         if p)}
+    poison = np.full((1, 4), 666.0, np.float32)
+    for _ in range(2):
+        srv = servers(repo, state, env=env)
+        assert answering(srv) == 3
+        c = client(srv.address)
+        with pytest.raises(InferenceServerException):
+            c.infer("tiny", [infer_input("INPUT0", poison, "FP32")])
+        c.close()
+        assert srv.proc.wait(timeout=60) == -signal.SIGABRT
+        srv.stop()
+    third = servers(repo, state, env=env)
+    assert answering(third) == 2 and active(third) == (2, 1)
+    reasons = quarantined(third)
+    assert list(reasons) == [3] and "crash" in reasons[3]
+    c = client(third.address)
+    try:
+        answer = c.infer("tiny", [infer_input("INPUT0", poison, "FP32")])
+    finally:
+        c.close()
+    assert answer.get_response().model_version == "2"
+    term(third)
