@@ -30,7 +30,9 @@ class ServerProcess:
     """A `sidecar serve` subprocess, its JSON log lines and its address."""
 
     def __init__(self, repo: Path, *args: str, env: dict[str, str] | None = None,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, until: str = "serving") -> None:
+        """Start it and wait for the log line `until` ("serving": ready to use;
+        "listening": its ports are bound, models may still be loading)."""
         self.repo = repo
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="sidecar-state-"))
         cmd = [
@@ -51,7 +53,7 @@ class ServerProcess:
         self._log = ServerLog(self.proc.stdout, self._stderr)
         self.log: list[dict[str, Any]] = self._log.records
         try:
-            serving = self.wait_for("serving")
+            serving = self.wait_for(until)
         except BaseException:  # never leave a process or its pipes behind
             self.proc.kill()
             self.proc.wait()
@@ -61,7 +63,7 @@ class ServerProcess:
             raise
         self.address: str = serving["address"]
         self.control_address: str = serving["control_address"]
-        self.metrics_address: str = serving["metrics_address"]
+        self.metrics_address: str = serving.get("metrics_address", "")
 
     def _stderr(self) -> str:
         exited = self.proc.poll() is not None

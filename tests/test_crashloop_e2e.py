@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 from conftest import ServerProcess
 from helpers import client, control_stub, infer_input, tiny_expected, wait_until
-from serverlog import ServerLog
 from tritonclient.utils import InferenceServerException
 
 from sidecar.rpc.proto import control_pb2 as cpb
@@ -63,7 +62,7 @@ def servers() -> Iterator[Start]:
             proc.stop()
 
 
-def kill9(srv: ServerProcess | Starting) -> None:
+def kill9(srv: ServerProcess) -> None:
     """SIGKILL: no handler runs, nothing is flushed or marked clean."""
     os.kill(srv.proc.pid, signal.SIGKILL)
     assert srv.stop() == -signal.SIGKILL
@@ -412,41 +411,6 @@ def test_kill9_with_a_client_calling_restarts_on_the_same_ports(servers: Start,
 # ---- a version that kills the process on its first requests --------------------------
 
 
-class Starting:
-    """A server whose start is not waited for, only its listening: a test kills it
-    while it is still restoring (conftest's ServerProcess waits for "serving")."""
-
-    def __init__(self, repo: Path, state_dir: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "serve", "--model-repository", str(repo),
-             "--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
-             "--metrics-listen", "", "--state-dir", str(state_dir), "--log-format", "json",
-             *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        try:
-            listening = ServerLog(self.proc.stdout, self._stderr).wait_for("listening")
-        except BaseException:
-            self.proc.kill()  # never leave a server behind
-            self.stop()
-            raise
-        self.address: str = listening["address"]
-
-    def _stderr(self) -> str:
-        exited = self.proc.poll() is not None
-        return self.proc.stderr.read() if exited and self.proc.stderr else ""
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream:
-                    stream.close()
-
-
 def test_a_kill_at_the_first_answers_after_a_restart_counts(tmp_path: Path) -> None:
     """A version killed (as by its own first requests) right after it answered its
     first request counts as a crash, also while another model is still loading:
@@ -455,10 +419,11 @@ def test_a_kill_at_the_first_answers_after_a_restart_counts(tmp_path: Path) -> N
     # A second model whose load takes a while (deterministic compute in its warm-up),
     # so tiny serves well before the start is over.
     make_models.write_model(make_models.slow_model(1, layers=256, width=1024), repo, "zslow", 1)
-    started: list[ServerProcess | Starting] = []
+    started: list[ServerProcess] = []
     try:
         for _ in range(2):
-            srv = Starting(repo, state)
+            # not waiting for "serving": tiny answers while zslow still loads
+            srv = ServerProcess(repo, state_dir=state, until="listening")
             started.append(srv)
             caller = Caller(srv.address)
             try:
