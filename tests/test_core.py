@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from sidecar.errors import FailedPreconditionError, SidecarError, UnavailableError
-from sidecar.loader.onnx import SessionConfig
+from sidecar.loader.onnx import SessionConfig, load
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.servable import Servable
 from sidecar.manager.version import Phase
@@ -592,3 +592,109 @@ def test_a_version_at_or_below_the_watermark_says_why_it_is_not_serving(
         assert entry.skipped_reason(three) == ""
 
     run(_repo(tmp_path / "r"), tmp_path / "s", body)
+
+
+# ---- review findings: cancellation, refused candidates, failed restores --------------------
+
+
+def test_a_cancelled_caller_never_cancels_a_shared_load(tmp_path: Path) -> None:
+    """Two commands wait for the same version's load; cancelling the first (its client
+    went away) neither cancels the load nor the second command, which activates it."""
+    async def body(m: ModelManager) -> None:
+        first = asyncio.create_task(m.activate("tiny", "1", actor="cli"))
+        await _until(lambda: m.entry("tiny").versions[1].phase is Phase.LOADING)
+        second = asyncio.create_task(m.load("tiny", "1", actor="cli"))
+        await asyncio.sleep(0)
+        first.cancel()
+        version = await asyncio.wait_for(second, TIMEOUT)
+        assert version.phase is Phase.READY and version.servable is not None
+        assert first.cancelled() or first.done()
+
+    run(_repo(tmp_path / "r"), tmp_path / "s", body)
+
+
+def test_a_cancelled_unload_still_closes_its_session(tmp_path: Path) -> None:
+    """An unload whose caller is cancelled while its version drains still closes that
+    session once the request holding it ends."""
+    async def body(m: ModelManager) -> None:
+        held = m.acquire("tiny", "2")
+        events = m.events.subscribe()
+        unloading = asyncio.create_task(m.unload("tiny", "2", actor="cli"))
+        await _until(lambda: m.entry("tiny").versions[2].phase is Phase.UNLOADING)
+        unloading.cancel()
+        event = await asyncio.wait_for(events.next(), TIMEOUT)  # the change is durable
+        assert event is not None and event.action == "unload"
+        held.release()
+        assert await m.retired(TIMEOUT)
+        assert held.closed and m.entry("tiny").versions[2].phase is Phase.UNLOADED
+
+    run(_repo(tmp_path / "r"), tmp_path / "s", body)
+
+
+def test_a_canary_that_cannot_be_saved_does_not_serve(tmp_path: Path) -> None:
+    """A canary start whose write fails answers UNAVAILABLE and takes no traffic."""
+    store = FullDiskStore(tmp_path / "s")
+
+    async def body(m: ModelManager) -> None:
+        store.full = True
+        with pytest.raises(UnavailableError):
+            await m.candidates.start("tiny", "1", kind="canary", weight=0.5, actor="cli")
+        serving = m.entry("tiny").serving
+        assert serving.canary is None and {_infer(m) for _ in range(50)} == {3}
+
+    run(_repo(tmp_path / "r"), tmp_path / "s", body, store=store)
+
+
+def test_a_failed_restore_keeps_the_saved_state(tmp_path: Path) -> None:
+    """A start at which the model's files cannot be loaded (here: every version's file
+    unreadable) keeps what was saved, so the next start restores the rollback."""
+    repo, state = _repo(tmp_path / "r"), tmp_path / "s"
+
+    async def roll_back(m: ModelManager) -> None:
+        await m.rollback("tiny", actor="cli")
+        assert _serving(m) == (2, 3)
+
+    run(repo, state, roll_back)
+    saved = {v: (repo / "tiny" / str(v) / "model.onnx").read_bytes() for v in (1, 2, 3)}
+    for v in saved:
+        (repo / "tiny" / str(v) / "model.onnx").write_bytes(b"not a model")
+
+    async def broken(m: ModelManager) -> None:
+        assert m.entry("tiny").serving.active is None
+        await m.set_pinned("tiny", False, actor="cli")  # any write of the state
+
+    run(repo, state, broken)
+    for v, data in saved.items():
+        (repo / "tiny" / str(v) / "model.onnx").write_bytes(data)
+
+    async def fixed(m: ModelManager) -> None:
+        assert _serving(m) == (2, 3)
+
+    run(repo, state, fixed)
+
+
+def test_a_loader_error_that_is_not_a_load_error_fails_the_version_only(
+        tmp_path: Path) -> None:
+    """A version whose file vanishes while it loads (an OSError from the loader) is
+    FAILED with the reason; the start goes on and serves the next loadable version."""
+    repo, state = _repo(tmp_path / "r"), tmp_path / "s"
+
+    def loader(path: Path, config: SessionConfig) -> Any:
+        if path.parent.name == "3":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return load(path, config)
+
+    async def scenario() -> None:
+        store, events = StateStore(state), EventLog(state)
+        store.open()
+        events.open()
+        m = ModelManager(repo, SessionConfig(), store=store, events=events, loader=loader)
+        await m.start()
+        try:
+            assert _serving(m) == (2, 1)
+            assert m.entry("tiny").versions[3].phase is Phase.FAILED
+            assert "No such file" in m.entry("tiny").versions[3].reason
+        finally:
+            await m.close()
+
+    asyncio.run(scenario())

@@ -144,3 +144,13 @@ def test_a_version_skipped_by_the_watermark_says_how_to_serve_it(start_server: A
     rows = {r["version"]: r for r in c.get_model_repository_index(as_json=True)["models"]}
     c.close()
     assert "watermark" in rows["3"]["reason"]
+
+
+def test_clients_cannot_act_as_the_sidecar(start_server: Any, tmp_path: Path) -> None:
+    """`--actor guard` (or watcher, startup, sidecar) is refused: the guard's own
+    rollbacks skip probation, and the event log must not misattribute changes."""
+    srv = start_server(_repo(tmp_path / "r"), "--no-watch")
+    for actor in ("guard", "watcher", "startup", "sidecar"):
+        refused = ctl(srv.control_address, "--actor", actor, "activate", "tiny", "1")
+        assert refused.returncode == 2 and "the sidecar's own" in refused.stderr, actor
+    assert _infer(srv.address, 1) == ["2"]

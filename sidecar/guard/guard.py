@@ -229,7 +229,7 @@ class Guard:
 
     def nonfinite_check(self, model: str) -> bool:
         guard = self._models.get(model)
-        return guard is not None and guard.settings.fail_on_nonfinite
+        return guard is not None and guard.settings.enabled and guard.settings.fail_on_nonfinite
 
     # ---- judging -----------------------------------------------------------------------
 

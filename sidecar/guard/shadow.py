@@ -37,7 +37,7 @@ def agree(primary: Sequence[np.ndarray], candidate: Sequence[np.ndarray], *, ato
     if len(primary) != len(candidate):
         return False
     for a, b in zip(primary, candidate, strict=True):
-        if a.shape != b.shape:
+        if a.shape != b.shape or a.dtype.kind != b.dtype.kind:
             return False
         if a.dtype.kind not in "fc":
             if not np.array_equal(a, b):
@@ -62,7 +62,9 @@ class ShadowCounts:
     since: float = field(default_factory=time.monotonic)
 
 
-_Copy = tuple[Servable, Mapping[str, np.ndarray], list[str], list[np.ndarray]]
+#: (the shadow's session, the guard's watch of this run, inputs, outputs asked,
+#: what the active version answered)
+_Copy = tuple[Servable, object, Mapping[str, np.ndarray], list[str], list[np.ndarray]]
 
 
 class ShadowMirror:
@@ -95,40 +97,46 @@ class ShadowMirror:
             self.counts_for(model, servable).dropped += 1
             return
         self._waiting[model] = waiting + 1
-        self._queue.put_nowait((servable, feeds, names, outputs))
+        self._queue.put_nowait((servable, servable.observer, feeds, names, outputs))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._work(), name="shadow")
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            shadow, feeds, names, outputs = await self._queue.get()
-            self._waiting[shadow.model] -= 1
-            if shadow.closed or self._guard.window_of(shadow) is None:
-                continue  # aborted or promoted meanwhile
-            counts = self.counts_for(shadow.model, shadow)
-            shadow.inflight += 1  # so an abort drains before closing it
-            start = time.perf_counter_ns()
+            copy = await self._queue.get()
+            self._waiting[copy[0].model] -= 1
             try:
-                answer = await loop.run_in_executor(self._pool, shadow.runner.run, feeds, names)
-                settings = self._guard.model(shadow.model).settings
-                same = agree(outputs, answer, atol=settings.shadow_atol,
-                             rtol=settings.shadow_rtol)
-            except ModelExecutionError:
-                counts.failed += 1
-                same = False
-            finally:
-                shadow.release()
-            counts.compared += 1
-            counts.disagreed += 0 if same else 1
-            window = self._guard.window_of(shadow)
-            if window is not None:
-                window.record(time.monotonic(), same, time.perf_counter_ns() - start)
-            try:
-                await self._judge(shadow, counts)
-            except SidecarError as exc:
-                log.warning("shadow verdict not applied", extra={"reason": str(exc)})
+                await self._compare(*copy)
+            except Exception:  # one bad copy must never end the only worker
+                log.exception("shadow comparison failed", extra={"model": copy[0].model})
+
+    async def _compare(self, shadow: Servable, watch: object, feeds: Mapping[str, np.ndarray],
+                       names: list[str], outputs: list[np.ndarray]) -> None:
+        if shadow.closed or watch is None or shadow.observer is not watch:
+            return  # aborted, promoted, or another run of the version since it was queued
+        counts = self.counts_for(shadow.model, shadow)
+        shadow.inflight += 1  # so an abort drains before closing it
+        start = time.perf_counter_ns()
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(
+                self._pool, shadow.runner.run, feeds, names)
+            settings = self._guard.model(shadow.model).settings
+            same = agree(outputs, answer, atol=settings.shadow_atol, rtol=settings.shadow_rtol)
+        except ModelExecutionError:
+            counts.failed += 1
+            same = False
+        finally:
+            shadow.release()
+        counts.compared += 1
+        counts.disagreed += 0 if same else 1
+        window = self._guard.window_of(shadow)
+        if window is not None:
+            window.record(time.monotonic(), same, time.perf_counter_ns() - start)
+        try:
+            await self._judge(shadow, counts)
+        except SidecarError as exc:
+            log.warning("shadow verdict not applied", extra={"reason": str(exc)})
 
     async def _judge(self, shadow: Servable, counts: ShadowCounts) -> None:
         window, m = self._guard.window_of(shadow), self._manager
@@ -141,19 +149,31 @@ class ShadowMirror:
                    "dropped": str(counts.dropped), "window_requests": str(stats.requests),
                    "disagreement": f"{stats.error_ratio:.3f}",
                    "max_disagreement": str(settings.shadow_max_disagreement)}
+        if m.entry(shadow.model).pinned:
+            return  # nothing automatic on a pinned model (the counts go on)
+        watch = shadow.observer
         if (stats.requests >= settings.shadow_min_requests
                 and stats.error_ratio > settings.shadow_max_disagreement):
             reason = (f"shadow disagrees on {stats.failures} of {stats.requests} requests"
                       f" ({stats.error_ratio:.1%} > {settings.shadow_max_disagreement:.1%})")
             shadow.observer = None  # one verdict
-            await m.candidates.abort(shadow.model, actor=ACTOR, reason=reason, details=figures)
+            try:
+                await m.candidates.abort(shadow.model, actor=ACTOR, reason=reason,
+                                         details=figures)
+            except SidecarError:
+                shadow.observer = watch  # refused: go on judging
+                raise
             await m.quarantine_version(shadow.model, shadow.digest, actor=ACTOR, reason=reason)
         elif (settings.shadow_promote and window.total >= settings.canary_promote_requests
               and time.monotonic() - counts.since >= settings.canary_promote_s):
             shadow.observer = None
-            await m.candidates.promote(shadow.model, actor=ACTOR,
-                                       reason=f"shadow agrees: {figures['disagreement']}"
-                                       " disagreement")
+            try:
+                await m.candidates.promote(shadow.model, actor=ACTOR,
+                                           reason=f"shadow agrees: {figures['disagreement']}"
+                                           " disagreement")
+            except SidecarError:
+                shadow.observer = watch
+                raise
 
     async def close(self) -> None:
         if self._task is not None:

@@ -113,10 +113,17 @@ def check_reason(reason: str) -> str:
     return reason
 
 
+#: Actors only the sidecar itself may act as: the guard's own rollbacks skip
+#: probation, and the event log and metrics attribute changes by actor.
+RESERVED_ACTORS = frozenset({"guard", "watcher", "startup", "sidecar"})
+
+
 def check_actor(actor: str, default: str) -> str:
     actor = actor or default
-    if not _ACTOR.match(actor):
-        raise InvalidInputError(f"actor '{actor}' must be 1-32 of a-z, 0-9, '-', '_'")
+    if not _ACTOR.match(actor[:40]):
+        raise InvalidInputError(f"actor '{actor[:40]}' must be 1-32 of a-z, 0-9, '-', '_'")
+    if actor in RESERVED_ACTORS:
+        raise InvalidInputError(f"actor '{actor}' is the sidecar's own; pick another name")
     return actor
 
 

@@ -168,6 +168,13 @@ class DataPlane:
         other = self._manager.acquire_reference(handle)
         if other is None:
             return False
+        specs = other.signature.input_by_name
+        if (any(n not in other.signature.output_by_name for n in names)
+                or set(feeds) != set(specs)
+                or any(not specs[n].fits(a.shape) or specs[n].dtype != a.dtype
+                       for n, a in feeds.items() if specs[n].datatype != "BYTES")):
+            other.release()  # the other version would refuse it for its own signature:
+            return False     # no verdict, the failure counts
         try:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, other.runner.run, feeds, names)

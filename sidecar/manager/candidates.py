@@ -56,6 +56,7 @@ class Candidates:
                 if serving.role(version) is None:
                     p.residency.retire([version])
                 raise
+            change = Change(p, entry)  # before the assignment: what an undo restores
             loaded = dict(serving.loaded)
             loaded[version.number] = version
             if kind == "canary":
@@ -65,7 +66,7 @@ class Candidates:
                 entry.serving = serving.but(shadow=version, loaded=MappingProxyType(loaded))
             version.held, entry.note = False, ""
             p.swapped(entry, serving.active, actor)
-            change = Change(p, entry)
+            change.drop(p.residency.evict(entry))
             change.submit(p.events.make(
                 model, kind, actor, reason, to_version=version.number, to_digest=version.digest,
                 details={"weight_percent": f"{weight * 100:g}"} if kind == "canary" else None))

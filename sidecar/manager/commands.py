@@ -87,25 +87,47 @@ class Change:
         self._pending.append((self._parts.journal.submit(event), event))
 
     async def settle(self) -> None:
-        """Await durability (outside the lock); undo the change if it failed."""
+        """Await durability (outside the lock); undo the change if it failed. Runs in
+        a task of its own: a command whose caller is cancelled still finishes (or
+        undoes) its change and retires what it took out."""
+        await asyncio.shield(asyncio.get_running_loop().create_task(self._settle()))
+
+    async def _settle(self) -> None:
         after = self.entry.serving
-        try:
-            for pending, event in self._pending:
+        failure: UnavailableError | None = None
+        for pending, event in self._pending:  # every write: each is published or not
+            try:
                 await self._parts.journal.settle(pending, event)
-        except UnavailableError:
-            async with self.entry.lock:
-                if self.entry.serving is after:
-                    self.entry.serving = self.before
-                    self._parts.residency.put_back(self._taken)
-                    # a version loaded only for this change has no place any more
-                    self._taken = self._parts.residency.take_out(
-                        [v for v in after.loaded.values() if self.before.role(v) is None])
-                    if self.undo is not None:
-                        self.undo()
-                    await self._parts.notify(self.entry)
-            self._parts.residency.finish(self._taken)
-            raise
-        self.retiring = self._parts.residency.finish(self._taken)
+            except UnavailableError as exc:
+                failure = failure or exc
+        if failure is None:
+            self.retiring = self._parts.residency.finish(self._taken)
+            return
+        async with self.entry.lock:
+            if self.entry.serving is after and self._restorable():
+                self.entry.serving = self.before
+                self._parts.residency.put_back(self._taken)
+                # a version loaded only for this change has no place any more
+                self._taken = self._parts.residency.take_out(
+                    [v for v in after.loaded.values() if self.before.role(v) is None])
+                if self.undo is not None:
+                    self.undo()
+                # the guard watches what serves again (its windows, probation)
+                self._parts.swapped(self.entry, after.active, "sidecar")
+                await self._parts.notify(self.entry)
+                try:  # writes queued meanwhile carried the change: write the undo too
+                    await self._parts.journal.commit(None)
+                except UnavailableError:
+                    pass  # still full: what is on disk is the state before
+        self._parts.residency.finish(self._taken)
+        raise failure
+
+    def _restorable(self) -> bool:
+        """Whether every version of the state before still has its open session."""
+        taken = {id(v) for v, _ in self._taken}
+        return all(v.servable is not None and not v.servable.closed
+                   and (v.phase is Phase.READY or id(v) in taken)
+                   for v in self.before.loaded.values())
 
 
 class Commands:
@@ -319,7 +341,8 @@ class Commands:
                     from_digest=version.digest))
             await p.notify(entry)
         await change.settle()
-        await asyncio.gather(*change.retiring)  # this unload's drains, not others'
+        # this unload's drains, not others'; a cancelled caller never cancels them
+        await asyncio.shield(asyncio.gather(*change.retiring))
 
     # ---- settings of a model -----------------------------------------------------------
 

@@ -33,9 +33,11 @@ class CrashWatch:
         self.limit = limit
         self._record = ServingRecord()
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.began = False
 
     async def begin(self) -> list[CrashVerdict]:
         """Judge how the last run ended; the versions to roll back and quarantine."""
+        self.began = True
         if self._store is None:
             return []
         store = self._store
@@ -100,6 +102,13 @@ class CrashWatch:
         self._set(model, before.version, before.digest)
         self._record = ServingRecord(False, {**self._record.models, model: before},
                                      self._record.crashes)
+        timer = self._timers.pop(model, None)
+        if timer is not None:
+            timer.cancel()
+        if not before.survived:  # its own window goes on where it was
+            left = max(0.0, before.since + self.window_s - time.time())
+            self._timers[model] = asyncio.get_running_loop().call_later(
+                left, self._survived, model, before.digest, before.since)
         self._background()
 
     def not_serving(self, model: str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sidecar.manager.serving import ServingState
 from sidecar.manager.version import ModelVersion, Phase
+from sidecar.state.store import SavedModel
 
 
 @dataclass(eq=False)
@@ -27,6 +28,9 @@ class ModelEntry:
     probation_until: float = 0.0
     #: Why the last candidate (canary or shadow) ended, for `ctl status`.
     note: str = ""
+    #: What the saved state said of this model at start, written back unchanged
+    #: while the model has not served since (a failed restore must not forget it).
+    kept: SavedModel | None = None
 
     def state_of(self, version: ModelVersion) -> str:
         """The state reported for a version: its role while READY, else its phase."""

@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sidecar.errors import ModelLoadError
-from sidecar.loader.onnx import FileIdentity, LoadedModel, SessionConfig, file_identity
+from sidecar.loader.onnx import (
+    FileIdentity,
+    LoadedModel,
+    SessionConfig,
+    file_identity,
+    one_line,
+)
 from sidecar.manager.servable import Servable
 from sidecar.manager.version import ModelVersion, Phase
 
@@ -36,7 +42,7 @@ class VersionLoading:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="load")
         self._on_failure = on_failure
         self._quarantine = quarantine
-        self._loading: dict[ModelVersion, asyncio.Future[bool]] = {}
+        self._loading: dict[ModelVersion, asyncio.Task[bool]] = {}
 
     async def identify(self, version: ModelVersion) -> FileIdentity | None:
         """The file's identity (digest ...), recomputed only when its stat changed."""
@@ -52,30 +58,24 @@ class VersionLoading:
         try:
             version.identity = await loop.run_in_executor(self._pool, file_identity,
                                                           version.path)
-        except ModelLoadError:
+        except (ModelLoadError, OSError):
             return None
         return version.identity
 
     async def ensure(self, version: ModelVersion, actor: str) -> bool:
-        """Load and warm up a version unless it is READY; one load at a time per version."""
+        """Load and warm up a version unless it is READY; one load at a time per version.
+
+        The load is a task of its own that every caller awaits through a shield: a
+        caller that is cancelled (its client went away) never cancels the load, nor
+        the other callers waiting for it (the watcher among them)."""
         if version.phase is Phase.READY:
             return True
-        pending = self._loading.get(version)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._loading[version] = future
-        try:
-            ok = await self._load(version, actor)
-            future.set_result(ok)
-            return ok
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        finally:
-            del self._loading[version]
-            if not future.cancelled() and future.exception() is not None:
-                future.exception()  # retrieved: no "never retrieved" warning
+        task = self._loading.get(version)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(version, actor))
+            self._loading[version] = task
+            task.add_done_callback(lambda _: self._loading.pop(version, None))
+        return await asyncio.shield(task)
 
     async def _load(self, version: ModelVersion, actor: str) -> bool:
         version.phase, version.reason = Phase.LOADING, ""
@@ -84,10 +84,14 @@ class VersionLoading:
         try:
             loaded = await loop.run_in_executor(self._pool, self._loader, version.path,
                                                 self._config)
-        except ModelLoadError as exc:
-            version.phase, version.reason = Phase.FAILED, str(exc)
-            await self._on_failure(version, actor, str(exc))
+        except Exception as exc:  # ModelLoadError, or an OSError the loader let through
+            reason = str(exc) if isinstance(exc, ModelLoadError) else one_line(exc)
+            version.phase, version.reason = Phase.FAILED, reason
+            await self._on_failure(version, actor, reason)
             return False
+        except BaseException:
+            version.phase, version.reason = Phase.UNLOADED, ""  # cancelled: not loaded
+            raise
         version.servable, version.identity = Servable(version, loaded), loaded.identity
         version.loaded_at = time.time()
         version.phase = Phase.READY

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -249,11 +250,12 @@ class ModelManager:
             entry.pinned, entry.watermark = saved_model.pinned, saved_model.watermark
             entry.guard = dict(saved_model.guard)
             entry.probation_until = saved_model.probation_until
+            entry.kept = saved.models.get(name)
             self._models[name] = entry
         restorer = Restorer(self.loading, self.journal, self.events,
                             warm_versions=self.warm_versions, quarantine=self.quarantine,
                             notify=self.notify, will_serve=self._will_serve)
-        await asyncio.gather(*(restorer.restore(e, saved.models.get(e.name))
+        await asyncio.gather(*(self._restore(restorer, e, saved.models.get(e.name))
                                for e in self._models.values()))
         for entry in self._models.values():
             active = entry.serving.active
@@ -268,6 +270,16 @@ class ModelManager:
         except UnavailableError as exc:  # a full disk: serve anyway, and say so
             log.error("serving state not saved at start", extra={"reason": str(exc)})
         self.started = True
+
+    async def _restore(self, restorer: Restorer, entry: ModelEntry,
+                       saved: SavedModel | None) -> None:
+        """One model's restore; whatever goes wrong is that model's problem only."""
+        try:
+            await restorer.restore(entry, saved)
+        except Exception as exc:
+            log.exception("restore failed", extra={"model": entry.name})
+            await self.journal.record(self.events.make(
+                entry.name, "restore-failed", "startup", f"restore failed: {exc}"[:500]))
 
     def _saved_state(self) -> SavedState:
         if self._store is None:
@@ -362,6 +374,12 @@ class ModelManager:
             serving = entry.serving
             active, previous = serving.active, serving.previous
             candidate = serving.canary or serving.shadow
+            if active is None and not entry.unloaded and entry.kept is not None:
+                # not restored (yet): keep what was saved, as commands left it
+                models[entry.name] = replace(entry.kept, pinned=entry.pinned,
+                                             watermark=entry.watermark,
+                                             guard=dict(entry.guard), candidate=None)
+                continue
             if active is None and not entry.unloaded and not entry.pinned and not entry.guard:
                 continue  # never served: the next start tries again from scratch
             models[entry.name] = SavedModel(
@@ -381,7 +399,7 @@ class ModelManager:
     async def close(self, grace: float = 20.0) -> None:
         """Unload everything (after the servers stopped taking calls); every drain
         waits at most `grace` seconds. Marks the stop as clean for the crash guard."""
-        if self.started:
+        if self.crashes.began:  # an orderly end, even of a start that failed
             await self.crashes.stopped_cleanly()
         await self.residency.close(self.entries(), grace)
         self.loading.close()

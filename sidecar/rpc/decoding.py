@@ -47,12 +47,17 @@ def _lenient(method: str, deserializer: Callable[[bytes], Any]) -> Callable[[byt
     return decode
 
 
+#: The services whose methods check for `Undecodable` (guarded, streams).
+_OURS = ("/inference.GRPCInferenceService/", "/sidecar.control.v1.ModelControl/")
+
+
 class LenientDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
     ) -> Any:
         handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
+        if handler is None or handler.request_deserializer is None \
+                or not details.method.startswith(_OURS):
+            return handler  # health and reflection: their servicers read requests
         return handler._replace(
             request_deserializer=_lenient(details.method, handler.request_deserializer))
