@@ -347,14 +347,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("stopping", extra={"grace_s": settings.grace_s})
     finally:
+        # Not ready at once (a watcher still loading a version must not hold that up),
+        # then stop the watcher.
+        plane.stopping = True
+        for listener in listeners:
+            await listener.health.enter_graceful_shutdown()
         if watching is not None:
             await watching.stop()
         if metrics_server is not None:
             metrics_server.close()
-        plane.stopping = True
         events.end_followers()  # event streams would otherwise hold the grace period
-        for listener in listeners:
-            await listener.health.enter_graceful_shutdown()
         await asyncio.gather(*(lst.server.stop(settings.grace_s) for lst in listeners))
         await mirror.close()
         await guard.close()

@@ -154,3 +154,12 @@ def test_clients_cannot_act_as_the_sidecar(start_server: Any, tmp_path: Path) ->
         refused = ctl(srv.control_address, "--actor", actor, "activate", "tiny", "1")
         assert refused.returncode == 2 and "the sidecar's own" in refused.stderr, actor
     assert _infer(srv.address, 1) == ["2"]
+
+
+def test_a_shadow_with_the_guard_off_is_refused(start_server: Any, tmp_path: Path) -> None:
+    """With --no-guard a shadow would never get a copy: `ctl shadow` is refused with
+    the reason (exit 4), and a canary still starts (it needs no guard)."""
+    srv = start_server(_repo(tmp_path / "r"), "--no-watch", "--no-guard")
+    refused = ctl(srv.control_address, "shadow", "tiny", "1")
+    assert refused.returncode == 4 and "the guard is off" in refused.stderr
+    ctl_json(srv.control_address, "canary", "tiny", "1", "--weight", "20")

@@ -247,6 +247,10 @@ class ControlPlane:
                               force: bool, actor: str, reason: str) -> CandidateView:
         if not ref:
             raise InvalidInputError(f"{kind} needs a version (number or digest prefix)")
+        if kind == "shadow" and (self._guard is None or not self._guard.reload(model).enabled):
+            raise FailedPreconditionError(
+                f"model '{model[:80]}': the guard is off (--no-guard or enabled=false), and"
+                " a shadow is only the guard's comparison: no copy would ever be sent")
         version = await self._manager.candidates.start(
             model, ref, kind=kind, weight=weight_percent / 100, force=force,
             actor=check_actor(actor, "rpc"), reason=check_reason(reason))

@@ -319,6 +319,7 @@ class Commands:
             if version is None:
                 entry.serving, entry.unloaded = ServingState.empty(), True
                 change.undo = lambda: setattr(entry, "unloaded", False)
+                p.swapped(entry, serving.active, actor)  # nothing serves: the record says so
                 change.drop(list(serving.loaded.values()))
                 change.submit(p.events.make(model, "unload", actor, reason))
             else:

@@ -206,6 +206,7 @@ class ModelManager:
         return partial(self.crashes.put_back, entry.name, before)
 
     def _swapped(self, entry: ModelEntry, before: ModelVersion | None, actor: str) -> None:
+        """After a change of what serves (also an unload of the whole model)."""
         active = entry.serving.active
         if active is not None and active is not before:
             self.crashes.serving(entry.name, active.number, active.digest)
