@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from sidecar import metrics
 from sidecar.guard.guard import Guard
 from sidecar.guard.rules import GuardSettings
 from sidecar.guard.shadow import ShadowMirror
+from sidecar.handlers.batcher import BatcherFactory
 from sidecar.handlers.control import ControlPlane
 from sidecar.handlers.dataplane import DataPlane
 from sidecar.loader.onnx import SessionConfig
@@ -125,6 +127,12 @@ def check(settings: Settings) -> None:
         raise ConfigError("max-message-mb must be positive")
     if settings.warm_versions < 1:
         raise ConfigError("warm-versions must be at least 1")
+    try:
+        settings.default_batching  # noqa: B018 (checked here, used at load)
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("dynamic_batching.max_batch_size", "max-batch-size")
+                          .replace("dynamic_batching.max_queue_delay_microseconds",
+                                   "max-queue-delay-us")) from exc
     if settings.max_loaded < settings.warm_versions:
         raise ConfigError(f"max-loaded ({settings.max_loaded}) must be at least warm-versions"
                           f" ({settings.warm_versions})")
@@ -255,14 +263,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                                        settings.control_tls_client_ca)
     stop = stop or asyncio.Event()
     store, events = _open_state(settings)
+    pool = ThreadPoolExecutor(settings.effective_inference_threads, thread_name_prefix="infer")
+    repo = settings.model_repository
     manager = ModelManager(
         settings.model_repository, config, store=store, events=events,
         warm_versions=settings.warm_versions, load_threads=settings.load_threads,
         max_loaded=settings.max_loaded, crash_window_s=settings.crash_window_s,
         crash_limit=settings.crash_limit,
+        batching=BatcherFactory(repo, settings.default_batching, pool,
+                                settings.effective_inference_threads),
     )
-    pool = ThreadPoolExecutor(settings.effective_inference_threads, thread_name_prefix="infer")
-    repo = settings.model_repository
     guard = Guard(manager, defaults=GuardSettings(enabled=settings.guard),
                   settings_source=lambda model: _guard_file_settings(repo, model))
     mirror = ShadowMirror(manager, guard)
@@ -341,6 +351,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         watching = _start_watcher(settings, manager, guard)
         await set_server_health(plane.ready())
         served = sorted(e.name for e in manager.entries() if e.serving.active is not None)
+        # What start-up made lives as long as the process: out of the collector's
+        # sight, so its full collections (triggered by the request path's short-
+        # lived objects) do not walk it again and again.
+        gc.freeze()
         log.info("serving", extra={**addresses, "models": served, "ready": plane.ready()})
         if settings.log_format == "text":  # for people: how to reach the control address
             log.info(f"control it with: {ctl_hint(settings, control.address, token)}")

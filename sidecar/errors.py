@@ -58,3 +58,7 @@ class PermissionDeniedError(SidecarError):
 
 class UnimplementedError(SidecarError):
     """Raised by the inference servicer's optional RPCs (sidecar.rpc.dataplane)."""
+
+
+class DeadlineExceededError(SidecarError):
+    """The caller's deadline passed before the work could start."""

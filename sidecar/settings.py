@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sidecar.source.batching import BatchingConfig, parse_batching
+
 MIB = 1024 * 1024
 
 
@@ -148,6 +150,18 @@ class Settings:
         " compute time stays below this many microseconds; longer ones go to the"
         " thread pool (0: always the pool). See docs/design.md.",
     )
+    max_batch_size: int = _setting(
+        0,
+        "Dynamic batching for every model whose sidecar.json has no"
+        " \"dynamic_batching\": concurrent requests of one version run as one"
+        " onnxruntime run of up to this many rows (0: off). See docs/batching.md.",
+    )
+    max_queue_delay_us: int = _setting(
+        0,
+        "With dynamic batching, how long a queued request may wait for others,"
+        " in microseconds, and only while more requests are on their way (a lone"
+        " request never waits).",
+    )
     max_concurrent_rpcs: int = _setting(
         0, "Calls accepted at once before RESOURCE_EXHAUSTED (0: unlimited)."
     )
@@ -202,6 +216,12 @@ class Settings:
     @property
     def provider_list(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.providers.split(",") if p.strip())
+
+    @property
+    def default_batching(self) -> BatchingConfig | None:
+        """The server-wide dynamic batching (None: off), checked like a model's."""
+        return parse_batching({"max_batch_size": self.max_batch_size,
+                               "max_queue_delay_microseconds": self.max_queue_delay_us})
 
     @property
     def effective_inference_threads(self) -> int:

@@ -65,9 +65,13 @@ class Workload:
     seed: int = 0
     data: F32 | None = None  # one given input instead
     expected: F32 | None = None  # its output, whatever version answers; None: tiny's
+    data_pool: F32 | None = None  # or given inputs [n, rows, 4], the same in every worker,
+    expected_pool: F32 | None = None  # and each one's output [n, rows, outputs]
     check: bool = True  # compare outputs with the expected ones (never for random inputs)
 
     def inputs(self, seed: int) -> list[F32]:
+        if self.data_pool is not None:
+            return list(self.data_pool)
         if self.data is not None:
             return [self.data]
         if not self.random:
@@ -195,7 +199,8 @@ class ClientPool:
             if isinstance(reply, str):
                 raise RuntimeError(f"client worker failed:\n{reply}")
             started, done, version = array("d"), array("d"), array("q")
-            for values, raw in zip((started, done, version), reply[:3], strict=True):
+            columns: tuple[array[Any], ...] = (started, done, version)
+            for values, raw in zip(columns, reply[:3], strict=True):
                 values.frombytes(raw)
             parts.append(Samples(np.array(started, dtype=np.float64),
                                  np.array(done, dtype=np.float64),
@@ -279,7 +284,8 @@ class _Recorder:
         raw = response.raw_output_contents[0]
         if self._seen.get(version) == raw:
             return True
-        want = self._workload.expected
+        pool = self._workload.expected_pool
+        want = pool[index] if pool is not None else self._workload.expected
         if want is None:
             w, b = models.tiny_weights(version)
             want = self._inputs[index] @ w + b
@@ -321,7 +327,8 @@ def _worker_main(conn: Connection, workload: Workload, seed: int, stop: Any) -> 
         conn.send("ready")
         while (job := conn.recv()) is not None:
             recorder = _Recorder(workload, inputs)
-            asyncio.run(_run(*job, requests, recorder, stop))
+            address, plan = job
+            asyncio.run(_run(address, plan, requests, recorder, stop))
             conn.send(recorder.packed())
     except Exception:
         conn.send(traceback.format_exc())

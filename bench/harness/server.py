@@ -114,12 +114,13 @@ def minimal(model_file: Path, extra: Sequence[str] = ()) -> Server:
 
 
 class Sidecar(Server):
-    """`sidecar serve` on a repository; `args` come last, so they override the bench's."""
+    """`sidecar serve` on a repository; `args` come last, so they override the bench's.
+    `name` labels its temporary directory and its stderr in errors."""
 
-    def __init__(self, repo: Path, *args: str) -> None:
+    def __init__(self, repo: Path, *args: str, name: str = "sidecar") -> None:
         self.repo = repo
         self._channel: grpc.Channel | None = None
-        super().__init__("sidecar", [
+        super().__init__(name, [
             *SIDECAR, "serve", "--model-repository", str(repo),
             "--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
             "--metrics-listen", "127.0.0.1:0", "--state-dir", "state",

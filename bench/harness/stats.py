@@ -81,7 +81,8 @@ class Figures:
 def medians(runs: Sequence[Figures]) -> Figures:
     """Each figure's median across runs; errors and wrong answers: their sum."""
     values = {f.name: [getattr(r, f.name) for r in runs] for f in fields(Figures)}
-    out = {k: sum(v) if k in ("errors", "wrong") else median(v) for k, v in values.items()}
+    out: dict[str, Any] = {k: sum(v) if k in ("errors", "wrong") else median(v)
+                           for k, v in values.items()}
     return Figures(**{**out, "calls": int(out["calls"])})
 
 

@@ -13,11 +13,13 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 from sidecar import __version__
+from sidecar.datatypes import NUMPY_DTYPES
 from sidecar.errors import InvalidInputError, ModelExecutionError, NotFoundError
 from sidecar.guard.shadow import ShadowMirror
 from sidecar.handlers.types import (
@@ -133,6 +135,7 @@ class DataPlane:
                     (s.fail.count, s.fail.ns), (s.compute_infer.count, s.compute_infer.ns),
                     (s.queue.count, s.queue.ns), (s.compute_input.count, s.compute_input.ns),
                     (s.compute_output.count, s.compute_output.ns),
+                    tuple((rows, d.count, d.ns) for rows, d in sorted(s.batches.items())),
                 ))
         return rows
 
@@ -148,14 +151,21 @@ class DataPlane:
 
     # ---- inference -------------------------------------------------------------
 
-    async def _decode(self, tensor: InferInput) -> np.ndarray:
-        """A checked input's array; a large BYTES tensor (decoded element by element
-        in Python) is decoded in the pool, so the event loop keeps answering."""
-        if tensor.data is None and tensor.datatype == "BYTES" and (
-                tensor.elements > _INLINE_BYTES_ELEMENTS or tensor.size > _INLINE_BYTES):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, tensor.array)
-        return tensor.array()
+    async def _feeds(self, request: InferRequest, plan: Plan) -> dict[str, np.ndarray]:
+        """The checked inputs' arrays. Raw numeric tensors came decoded (views of
+        the message); a large BYTES tensor (decoded element by element in Python)
+        is decoded in the pool, so the event loop keeps answering."""
+        if request.decoded:
+            return {t.name: t.data for t in request.inputs}  # type: ignore[misc]
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in request.inputs:
+            if tensor.data is None and tensor.datatype == "BYTES" and (
+                    tensor.elements > _INLINE_BYTES_ELEMENTS or tensor.size > _INLINE_BYTES):
+                loop = asyncio.get_running_loop()
+                feeds[tensor.name] = await loop.run_in_executor(self._executor, tensor.array)
+            else:
+                feeds[tensor.name] = tensor.array()
+        return feeds
 
     async def _fails_elsewhere(self, handle: Servable, feeds: dict[str, np.ndarray],
                                names: list[str]) -> bool:
@@ -194,34 +204,55 @@ class DataPlane:
         if handle.observer is not None:
             handle.observer.observe(False, elapsed)
 
+    async def _run(self, handle: Servable, plan: Plan, feeds: dict[str, np.ndarray],
+                   request: InferRequest) -> tuple[list[np.ndarray], int, int, bool]:
+        """(outputs, compute ns, queued ns, batched): in a dynamic batch when the
+        session batches and the request fits one, else inline when predicted short
+        (a large request on a usually fast model still goes to the pool), else in
+        the pool."""
+        batcher = handle.batcher
+        if batcher is not None and plan.rows and plan.rows <= batcher.max_rows:
+            arrays, infer_ns, queued_ns = await batcher.submit(
+                plan.batch_key, plan.names, feeds, plan.rows, request.time_left)
+            return arrays, infer_ns, queued_ns, True
+        if handle.stats.ns_per_element * plan.elements < self._inline_max_ns:
+            began = time.perf_counter_ns()
+            arrays = handle.runner.run(feeds, plan.names)
+            return arrays, time.perf_counter_ns() - began, 0, False
+        loop = asyncio.get_running_loop()
+        submitted = time.perf_counter_ns()
+        arrays, infer_ns, began = await loop.run_in_executor(
+            self._executor, _timed_run, handle.runner, feeds, plan.names)
+        return arrays, infer_ns, began - submitted, False
+
     async def infer(self, request: InferRequest, encode: Callable[[InferResult], T]) -> T:
         """Run one request on the session it names (or the active one's) and return
-        its answer as `encode` makes it (timed as the version's compute_output)."""
-        start = time.perf_counter_ns()
+        its answer as `encode` makes it (timed as the version's compute_output).
+
+        The happy path is lean: a request whose layout (input names, datatypes,
+        shapes, requested outputs) the session has seen before skips validation
+        (its `Plan` is cached on the session), and the clock is read four times."""
+        start = request.received_ns or time.perf_counter_ns()
         handle = self._manager.acquire(request.model, request.version)
         try:
-            signature = handle.signature
-            checked = _validated_inputs(handle, signature, request.inputs)
-            names = _requested_outputs(handle, signature, request.outputs)
-            decoding = time.perf_counter_ns()
-            feeds = {name: await self._decode(tensor) for name, tensor in checked.items()}
-            decode_ns = request.decode_ns + time.perf_counter_ns() - decoding
-            stats = handle.stats
-            elements = sum(t.elements for t in request.inputs) or 1
+            key = request.key if request.key is not None else _layout(request)
+            plan = handle.plans.get(key)
+            if plan is None:
+                plan = _plan(handle, request, key)
+            feeds = await self._feeds(request, plan)
+            before = time.perf_counter_ns()
             try:
-                # Inline only when this request is predicted short: a large batch on a
-                # model that is usually fast still goes to the pool.
-                if stats.ns_per_element * elements < self._inline_max_ns:
-                    arrays, infer_ns, _ = _timed_run(handle.runner, feeds, names)
-                    queued_ns = 0
+                if handle.batcher is None and \
+                        handle.stats.ns_per_element * plan.elements < self._inline_max_ns:
+                    arrays = handle.runner.run(feeds, plan.names)  # inline: the fast path
+                    ran = time.perf_counter_ns()
+                    infer_ns, queued_ns, batched = ran - before, 0, False
                 else:
-                    loop = asyncio.get_running_loop()
-                    submitted = time.perf_counter_ns()
-                    arrays, infer_ns, began = await loop.run_in_executor(
-                        self._executor, _timed_run, handle.runner, feeds, names)
-                    queued_ns = began - submitted
+                    arrays, infer_ns, queued_ns, batched = await self._run(
+                        handle, plan, feeds, request)
+                    ran = time.perf_counter_ns()
             except ModelExecutionError as exc:
-                if await self._fails_elsewhere(handle, feeds, names):
+                if await self._fails_elsewhere(handle, feeds, plan.names):
                     raise InvalidInputError(
                         f"the input fails on {handle.label} and on the version it is"
                         f" compared with alike, so it is the input: {_public(str(exc))}"
@@ -231,38 +262,89 @@ class DataPlane:
                 # statistics and the guard's events keep the failure.
                 raise ModelExecutionError(f"{handle.label} failed: {_public(str(exc))}"
                                           ) from exc
-            if self._nonfinite is not None and self._nonfinite(handle.model):
-                bad = _non_finite(names, arrays)
+            if self._nonfinite is not None and plan.floats and self._nonfinite(handle.model):
+                bad = _non_finite(plan.names, arrays)
                 if bad and not _non_finite(list(feeds), list(feeds.values())):
                     self._failed(handle, start)
                     raise ModelExecutionError(f"{handle.label} produced non-finite values"
                                               f" in output '{bad}'")
-            end = time.perf_counter_ns()
-            first = request.inputs[0].shape if request.inputs else ()
-            stats.record_success(end - start, infer_ns, first[0] if first else 1, elements)
-            stats.compute_input.add(decode_ns)
-            if queued_ns:
-                stats.queue.add(queued_ns)
-            if handle.observer is not None:
-                handle.observer.observe(True, end - start)
-                if self._mirror is not None and not request.version:
-                    self._mirror.offer(handle.model, feeds, names, arrays)
-            output_specs = signature.output_by_name
-            outputs = [
-                InferOutput(name, output_specs[name].datatype, array)
-                for name, array in zip(names, arrays, strict=True)
-            ]
-            result = InferResult(request.model, str(handle.number), request.id, outputs)
-            if any(o.datatype == "BYTES" and o.data.size > _INLINE_BYTES_ELEMENTS
-                   for o in outputs):  # encoded element by element: not on the loop
+            result = InferResult(request.model, handle.version_text, request.id, [
+                InferOutput(name, datatype, array)
+                for name, datatype, array in zip(plan.names, plan.datatypes, arrays,
+                                                 strict=True)], plan)
+            if plan.text_out and any(o.data.size > _INLINE_BYTES_ELEMENTS
+                                     for o in result.outputs):
+                # BYTES are encoded element by element: not on the loop
                 encoded = await asyncio.get_running_loop().run_in_executor(
                     self._executor, encode, result)
             else:
                 encoded = encode(result)
-            stats.compute_output.add(time.perf_counter_ns() - end)
+            end = time.perf_counter_ns()
+            handle.stats.record_success(
+                end - start, infer_ns, plan.rows or 1, plan.elements,
+                input_ns=before - start, output_ns=end - ran, queue_ns=queued_ns,
+                executions=0 if batched else 1, end_ns=end)
+            if handle.observer is not None:
+                handle.observer.observe(True, end - start)
+                if self._mirror is not None and not request.version:
+                    self._mirror.offer(handle.model, feeds, plan.names, arrays)
             return encoded
         finally:
             handle.release()
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity
+class Plan:
+    """What a request of one layout needs on one session, checked once: the
+    outputs to fetch and their datatypes, its size. Contents are checked per
+    request (by their decoding); the layout once."""
+
+    names: list[str]  # outputs, in the order answered
+    datatypes: tuple[str, ...]
+    elements: int  # input elements (at least 1): predicts the compute time
+    rows: int  # first dimension shared by every input (the batch), 0 if none
+    floats: bool  # some output is floating point (non-finite values possible)
+    text_out: bool  # some output is BYTES
+    layout: tuple[Any, ...]  # the request layout this plan is for
+    #: what requests that may share a dynamic batch have in common: the layout
+    #: without the first dimension
+    batch_key: tuple[Any, ...]
+
+
+#: Layouts remembered per session; a client sending ever new shapes costs a
+#: validation per request beyond this, never memory.
+_MAX_PLANS = 256
+
+
+def _layout(request: InferRequest) -> tuple[Any, ...]:
+    return (tuple((t.name, t.datatype, t.shape) for t in request.inputs),
+            tuple(request.outputs))
+
+
+def _plan(handle: Servable, request: InferRequest, key: tuple[Any, ...]) -> Plan:
+    """Validate a request's layout against the session's signature (raising
+    InvalidInputError with the reason) and remember the plan for its layout."""
+    signature = handle.signature
+    _validated_inputs(handle, signature, request.inputs)
+    names = _requested_outputs(handle, signature, request.outputs)
+    specs = signature.output_by_name
+    datatypes = tuple(specs[n].datatype for n in names)
+    shapes = [t.shape for t in request.inputs]
+    firsts = {s[0] for s in shapes if s}
+    rows = firsts.pop() if len(firsts) == 1 and all(shapes) else 0
+    plan = Plan(
+        names=names, datatypes=datatypes,
+        elements=max(1, sum(t.elements for t in request.inputs)),
+        rows=rows,
+        floats=any(NUMPY_DTYPES[d].kind in "fc" for d in datatypes),
+        text_out="BYTES" in datatypes,
+        layout=key,
+        batch_key=(tuple((t.name, t.datatype, t.shape[1:]) for t in request.inputs),
+                   tuple(names)),
+    )
+    if len(handle.plans) < _MAX_PLANS:
+        handle.plans[key] = plan
+    return plan
 
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s'\"/:]+){2,}/?")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,13 @@ class InferRequest:
     id: str = ""
     inputs: list[InferInput] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # [] = all, in signature order
-    decode_ns: int = 0  # time the rpc layer took to decode the tensors
+    #: The layout (input names, datatypes, shapes; requested outputs), hashable:
+    #: what a version's validation plan is cached by. None: the handler makes it.
+    key: tuple[Any, ...] | None = None
+    decoded: bool = False  # every input's `data` is set (the rpc layer's fast path)
+    received_ns: int = 0  # perf_counter_ns when the transport had the request (0: unknown)
+    #: Seconds left before the client's deadline (None: no deadline); asked lazily.
+    time_left: Callable[[], float | None] | None = None
 
 
 @dataclass(slots=True)
@@ -59,6 +66,9 @@ class InferResult:
     version: str
     id: str
     outputs: list[InferOutput]
+    #: The data plane's plan for the request (hashable, one per layout and
+    #: session): answers of one plan share their metadata. None: not known.
+    plan: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +101,5 @@ class VersionStatistics:
     queue: tuple[int, int] = (0, 0)
     compute_input: tuple[int, int] = (0, 0)
     compute_output: tuple[int, int] = (0, 0)
+    #: dynamic batches: (rows, runs, compute ns) by size
+    batches: tuple[tuple[int, int, int], ...] = ()

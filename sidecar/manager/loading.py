@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from sidecar.errors import ModelLoadError
 from sidecar.loader.onnx import (
@@ -36,8 +37,11 @@ FailureHook = Callable[[ModelVersion, str, str], Awaitable[None]]
 
 class VersionLoading:
     def __init__(self, config: SessionConfig, loader: Loader, threads: int, *,
-                 on_failure: FailureHook, quarantine: Mapping[str, str]) -> None:
+                 on_failure: FailureHook, quarantine: Mapping[str, str],
+                 batching: Callable[[Servable], Any] | None = None) -> None:
         self._config = config
+        #: gives a new session its dynamic batcher (None: it does not batch)
+        self._batching = batching
         self._loader = loader
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="load")
         self._on_failure = on_failure
@@ -92,7 +96,10 @@ class VersionLoading:
         except BaseException:
             version.phase, version.reason = Phase.UNLOADED, ""  # cancelled: not loaded
             raise
-        version.servable, version.identity = Servable(version, loaded), loaded.identity
+        servable = Servable(version, loaded)
+        if self._batching is not None:
+            servable.batcher = self._batching(servable)
+        version.servable, version.identity = servable, loaded.identity
         version.loaded_at = time.time()
         version.phase = Phase.READY
         log.info("ready", extra={"model": version.model, "version": version.number,

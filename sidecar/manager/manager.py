@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from sidecar.errors import InvalidInputError, NotFoundError, UnavailableError
 from sidecar.loader.onnx import FileIdentity, SessionConfig, load
@@ -65,6 +66,7 @@ class ModelManager:
         loader: Loader = load,
         crash_window_s: float = 120.0,
         crash_limit: int = 2,
+        batching: Callable[[Servable], Any] | None = None,
     ) -> None:
         self._repository = repository
         self._store = store
@@ -74,7 +76,8 @@ class ModelManager:
         self._swap_hooks: list[SwapHook] = []
         self.quarantine: dict[str, str] = {}  # digest -> why
         self.loading = VersionLoading(config, loader, load_threads,
-                                      on_failure=self._load_failed, quarantine=self.quarantine)
+                                      on_failure=self._load_failed, quarantine=self.quarantine,
+                                      batching=batching)
         self.journal = Journal(store, self.events, self._snapshot)
         self.residency = Residency(self.loading, warm_versions=warm_versions,
                                    max_loaded=max_loaded)

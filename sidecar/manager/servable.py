@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.loader.onnx import LoadedModel
 from sidecar.manager.latency import LatencyHistogram
@@ -52,28 +52,51 @@ class VersionStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     inference_count: int = 0  # batch elements inferred
-    execution_count: int = 0  # model runs
-    last_inference_ms: int = 0
+    execution_count: int = 0  # model runs (a dynamic batch is one run)
+    #: perf_counter_ns of the last inference (0: none yet); see `last_inference_ms`
+    last_ns: int = 0
     #: Compute time per input element, exponentially weighted: times a request's
     #: element count, it predicts the request's compute (inline vs pool).
     ns_per_element: float = 0.0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: Dynamic batches by size (rows): how many ran, and their compute time.
+    batches: dict[int, Duration] = field(default_factory=dict)
 
-    def record_success(self, total_ns: int, infer_ns: int, batch: int, elements: int = 1
-                       ) -> None:
-        self.success.add(total_ns)
+    def record_success(self, total_ns: int, infer_ns: int, batch: int, elements: int = 1, *,
+                       input_ns: int = 0, output_ns: int = 0, queue_ns: int = 0,
+                       executions: int = 1, end_ns: int = 0) -> None:
+        """One answered request: `total_ns` from its arrival to its encoded answer.
+        `executions` 0: it ran in a dynamic batch, which counts its own run."""
+        self.success.count += 1
+        self.success.ns += total_ns
         self.latency.record(total_ns)
-        self.compute_infer.add(infer_ns)
+        self.compute_infer.count += 1
+        self.compute_infer.ns += infer_ns
+        self.compute_input.count += 1
+        self.compute_input.ns += input_ns
+        self.compute_output.count += 1
+        self.compute_output.ns += output_ns
+        if queue_ns:
+            self.queue.count += 1
+            self.queue.ns += queue_ns
         self.inference_count += batch
-        self.execution_count += 1
-        self.last_inference_ms = time.time_ns() // 1_000_000
-        self.ns_per_element += (infer_ns / max(1, elements) - self.ns_per_element) * 0.05
+        self.last_ns = end_ns or time.perf_counter_ns()
+        if executions:
+            self.execution_count += executions
+            self.ns_per_element += (infer_ns / (elements or 1) - self.ns_per_element) * 0.05
 
     def record_failure(self, total_ns: int) -> None:
         self.fail.add(total_ns)
         self.latency.record(total_ns)
         self.execution_count += 1
-        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.last_ns = time.perf_counter_ns()
+
+    @property
+    def last_inference_ms(self) -> int:
+        """When the last inference ended, in ms since the epoch (0: none yet)."""
+        if not self.last_ns:
+            return 0
+        return (time.time_ns() - time.perf_counter_ns() + self.last_ns) // 1_000_000
 
 
 class Observer(Protocol):
@@ -83,19 +106,41 @@ class Observer(Protocol):
 
 
 class Servable:
-    __slots__ = ("_waiters", "closed", "inflight", "loaded", "model", "number", "observer",
-                 "runner", "signature", "stats", "version")
+    __slots__ = (
+        "_waiters",
+        "batcher",
+        "batching_note",
+        "closed",
+        "inflight",
+        "loaded",
+        "model",
+        "number",
+        "observer",
+        "plans",
+        "runner",
+        "signature",
+        "stats",
+        "version",
+        "version_text",
+    )
 
     def __init__(self, version: ModelVersion, loaded: LoadedModel) -> None:
         self.version = version
         self.model = version.model
         self.number = version.number
+        self.version_text = str(version.number)
         self.loaded = loaded
         self.signature = loaded.signature
         self.runner = loaded.runner
         self.stats = VersionStats(ns_per_element=loaded.warmup_ns / loaded.warmup_elements)
         #: None: nobody watches this session's outcomes, and recording costs nothing.
         self.observer: Observer | None = None
+        #: Request layouts already checked against the signature (see the data plane).
+        self.plans: dict[Any, Any] = {}
+        #: The dynamic batcher of this session, when its model batches; else why not
+        #: if the model asked to ("" otherwise).
+        self.batcher: Any = None
+        self.batching_note = ""
         self.inflight = 0
         self.closed = False
         self._waiters: list[asyncio.Future[None]] = []

@@ -9,7 +9,7 @@ import grpc
 
 from sidecar.handlers.control import ControlPlane
 from sidecar.rpc import control_converters as conv
-from sidecar.rpc.decoding import refuse_undecodable
+from sidecar.rpc.decoding import add_lenient, refuse_undecodable
 from sidecar.rpc.errors import guarded, to_status
 from sidecar.rpc.proto import control_pb2 as pb
 from sidecar.rpc.proto import control_pb2_grpc as pb_grpc
@@ -139,4 +139,4 @@ class ControlServicer(pb_grpc.ModelControlServicer):
 
 
 def add_to_server(control: ControlPlane, server: grpc.aio.Server) -> None:
-    pb_grpc.add_ModelControlServicer_to_server(ControlServicer(control), server)
+    add_lenient(pb_grpc.add_ModelControlServicer_to_server, ControlServicer(control), server)

@@ -9,11 +9,12 @@ the order of `outputs`, which is what tritonclient decodes.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Final
 
 import numpy as np
 
-from sidecar.datatypes import CONFIG_TYPES, KNOWN_DATATYPES, NUMPY_DTYPES
+from sidecar.datatypes import CONFIG_TYPES, KNOWN_DATATYPES, NUMPY_DTYPES, WIRE_DTYPES
 from sidecar.errors import InvalidInputError
 from sidecar.handlers.types import (
     IndexEntry,
@@ -24,7 +25,15 @@ from sidecar.handlers.types import (
     VersionStatistics,
 )
 from sidecar.loader.signature import TensorSpec
-from sidecar.rpc.codec import MAX_BYTES_ELEMENTS, check_shape, decode_raw, element_count, encode_raw
+from sidecar.rpc.codec import (
+    MAX_BYTES_ELEMENTS,
+    MAX_ELEMENTS,
+    MAX_RANK,
+    check_shape,
+    decode_raw,
+    element_count,
+    encode_raw,
+)
 from sidecar.rpc.proto import inference_pb2 as pb
 
 #: V2 datatype -> the typed-contents field that carries it (FP16/BF16: raw only).
@@ -43,55 +52,83 @@ TYPED_FIELDS: Final[dict[str, str]] = {
     "BYTES": "bytes_contents",
 }
 _TYPED_NAMES: Final = tuple(sorted(set(TYPED_FIELDS.values())))
+#: Datatypes whose raw contents are a numpy view of the bytes.
+_RAW_NUMERIC: Final = {k: v for k, v in WIRE_DTYPES.items() if k != "BYTES"}
 
 
 def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
+    """The request's tensors, checked for what they are on their own (datatype,
+    shape, size). Raw numeric tensors are views of the message's bytes (no copy);
+    BYTES and typed contents are decoded by the handler, once the model, name,
+    datatype and shape are known to fit. Error text is built on errors only."""
     raw = msg.raw_input_contents
-    model = msg.model_name
-    if raw and len(raw) != len(msg.inputs):
+    tensors = msg.inputs
+    if raw and len(raw) != len(tensors):
         raise InvalidInputError(
-            f"request for model '{model[:80]}' has {len(msg.inputs)} input(s) but"
+            f"request for model '{msg.model_name[:80]}' has {len(tensors)} input(s) but"
             f" {len(raw)} raw_input_contents entries"
         )
     inputs: list[InferInput] = []
-    for index, tensor in enumerate(msg.inputs):
-        where = f"input '{tensor.name[:80]}' of model '{model[:80]}'"
+    key: list[tuple[str, str, tuple[int, ...]]] = []
+    decoded = True
+    for index, tensor in enumerate(tensors):
+        name = tensor.name
         datatype = tensor.datatype
-        if datatype not in KNOWN_DATATYPES:
-            raise InvalidInputError(f"{where}: unknown datatype '{datatype}'")
-        if datatype not in NUMPY_DTYPES:
-            raise InvalidInputError(f"{where}: datatype {datatype} is not supported")
         shape = tuple(tensor.shape)
-        check_shape(where, shape)
-        if datatype == "BYTES" and element_count(shape) > MAX_BYTES_ELEMENTS:
-            raise InvalidInputError(f"{where}: a BYTES tensor of {element_count(shape)}"
-                                    f" elements; at most {MAX_BYTES_ELEMENTS} are accepted")
-        typed = _typed_values(tensor)
-        if raw:
-            if typed is not None:
-                raise InvalidInputError(
-                    f"{where}: has typed contents while the request uses raw_input_contents;"
-                    " use one form for all inputs"
-                )
+        key.append((name, datatype, shape))
+        dtype = _RAW_NUMERIC.get(datatype) if raw else None
+        if dtype is not None and len(shape) <= MAX_RANK and not tensor.HasField("contents"):
+            # The common case: a raw numeric tensor. Its size checks its shape too.
             buf = raw[index]
-            decode = functools.partial(decode_raw, where, datatype, shape, buf)
-            size = len(buf)
-        else:
-            if typed is not None and datatype not in TYPED_FIELDS:
-                raise InvalidInputError(f"{where}: {datatype} has no typed contents field;"
-                                        " send it in raw_input_contents")
-            decode = functools.partial(_decode_typed, where, datatype, shape, typed)
-            size = len(typed[1]) if typed is not None else 0
-        # Decoded by the handler once the model, name, datatype and shape are known
-        # to fit: a request for an unknown model costs nothing to refuse.
-        inputs.append(InferInput(tensor.name, datatype, shape, decode=decode, size=size))
+            count = math.prod(shape)
+            if count and count * dtype.itemsize == len(buf) and count <= MAX_ELEMENTS \
+                    and min(shape, default=1) > 0:
+                array = np.frombuffer(buf, dtype=dtype).reshape(shape)
+                inputs.append(InferInput(name, datatype, shape, array, None, len(buf)))
+                continue
+        inputs.append(_slow_input(msg, index, tensor, datatype, shape))
+        decoded = False
+    outputs = [o.name for o in msg.outputs] if msg.outputs else []
     return InferRequest(
-        model=model,
+        model=msg.model_name,
         version=msg.model_version,
         id=msg.id,
         inputs=inputs,
-        outputs=[o.name for o in msg.outputs],
+        outputs=outputs,
+        key=(tuple(key), tuple(outputs)),
+        decoded=decoded,
     )
+
+
+def _slow_input(msg: pb.ModelInferRequest, index: int, tensor: Any, datatype: str,
+                shape: tuple[int, ...]) -> InferInput:
+    """Any tensor but a well-formed raw numeric one: every check, with its message."""
+    where = f"input '{tensor.name[:80]}' of model '{msg.model_name[:80]}'"
+    if datatype not in KNOWN_DATATYPES:
+        raise InvalidInputError(f"{where}: unknown datatype '{datatype}'")
+    if datatype not in NUMPY_DTYPES:
+        raise InvalidInputError(f"{where}: datatype {datatype} is not supported")
+    check_shape(where, shape)
+    if datatype == "BYTES" and element_count(shape) > MAX_BYTES_ELEMENTS:
+        raise InvalidInputError(f"{where}: a BYTES tensor of {element_count(shape)}"
+                                f" elements; at most {MAX_BYTES_ELEMENTS} are accepted")
+    typed = _typed_values(tensor)
+    raw = msg.raw_input_contents
+    if raw:
+        if typed is not None:
+            raise InvalidInputError(
+                f"{where}: has typed contents while the request uses raw_input_contents;"
+                " use one form for all inputs"
+            )
+        buf = raw[index]
+        return InferInput(tensor.name, datatype, shape, size=len(buf),
+                          decode=functools.partial(decode_raw, where, datatype, shape, buf))
+    if typed is not None and datatype not in TYPED_FIELDS:
+        raise InvalidInputError(f"{where}: {datatype} has no typed contents field;"
+                                " send it in raw_input_contents")
+    return InferInput(tensor.name, datatype, shape,
+                      size=len(typed[1]) if typed is not None else 0,
+                      decode=functools.partial(_decode_typed, where, datatype, shape, typed))
 
 
 def _typed_values(tensor: Any) -> tuple[str, Any] | None:
@@ -146,14 +183,31 @@ def _decode_typed(
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
+#: Response skeletons (model, version, output names, datatypes, shapes) by the
+#: plan and output shapes that made them: copying one is a third of the cost of
+#: building it field by field. Bounded: cleared when full.
+_SKELETONS: dict[tuple[Any, ...], pb.ModelInferResponse] = {}
+_MAX_SKELETONS = 1024
+
+
 def infer_response(result: InferResult) -> pb.ModelInferResponse:
-    response = pb.ModelInferResponse(
-        model_name=result.model, model_version=result.version, id=result.id
-    )
-    outputs = response.outputs
+    shapes = tuple(out.data.shape for out in result.outputs)
+    key = (result.plan, shapes)
+    skeleton = _SKELETONS.get(key) if result.plan is not None else None
+    if skeleton is None:
+        skeleton = pb.ModelInferResponse(model_name=result.model, model_version=result.version)
+        for out, shape in zip(result.outputs, shapes, strict=True):
+            skeleton.outputs.add(name=out.name, datatype=out.datatype, shape=shape)
+        if result.plan is not None:
+            if len(_SKELETONS) >= _MAX_SKELETONS:
+                _SKELETONS.clear()
+            _SKELETONS[key] = skeleton
+    response = pb.ModelInferResponse()
+    response.CopyFrom(skeleton)
+    if result.id:
+        response.id = result.id
     raw = response.raw_output_contents
     for out in result.outputs:
-        outputs.add(name=out.name, datatype=out.datatype, shape=out.data.shape)
         raw.append(encode_raw(out.datatype, out.data))
     return response
 
@@ -229,6 +283,11 @@ def statistics_response(rows: list[VersionStatistics]) -> pb.ModelStatisticsResp
                     compute_infer=_duration(r.compute_infer),
                     compute_output=_duration(r.compute_output),
                 ),
+                batch_stats=[
+                    pb.InferBatchStatistics(batch_size=rows,
+                                            compute_infer=_duration((runs, ns)))
+                    for rows, runs, ns in r.batches
+                ],
             )
             for r in rows
         ]

@@ -9,7 +9,6 @@ from typing import Any, TypeAlias
 
 from sidecar.errors import PermissionDeniedError, UnimplementedError
 from sidecar.handlers.dataplane import DataPlane
-from sidecar.handlers.types import InferRequest
 from sidecar.rpc import converters
 from sidecar.rpc.decoding import refuse_undecodable
 from sidecar.rpc.errors import guarded, to_status
@@ -70,21 +69,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         rows = self._plane.statistics(request.name, request.version)
         return converters.statistics_response(rows)
 
-    def _outcome(self, request: Any, code: str, start: float, version: str = "") -> None:
-        # Unknown model names come from clients: one label for all of them.
+    def _outcome(self, request: Any, code: str, start: int, version: str = "") -> None:
+        # Unknown model names come from clients: one label for all of them. A model
+        # that answered is known.
         name = getattr(request, "model_name", "")
-        model = name if self._plane.model_known(name) else "_unknown"
+        model = name if code == "OK" or self._plane.model_known(name) else "_unknown"
         key = (model, code)
         self._outcomes[key] = self._outcomes.get(key, 0) + 1
         if self._access_log:
             access.info("infer", extra={
                 "model": name[:200], "version": version, "id": getattr(request, "id", ""),
-                "code": code, "ms": round((time.perf_counter() - start) * 1e3, 3)})
+                "code": code, "ms": round((time.perf_counter_ns() - start) / 1e6, 3)})
+
+    async def _infer(self, request: Any, context: Context, start: int
+                     ) -> pb.ModelInferResponse:
+        refuse_undecodable(request)
+        decoded = converters.infer_request(request)
+        decoded.received_ns = start
+        decoded.time_left = context.time_remaining
+        return await self._plane.infer(decoded, converters.infer_response)
 
     async def ModelInfer(self, request: Any, context: Context) -> pb.ModelInferResponse:
-        start = time.perf_counter()
+        start = time.perf_counter_ns()
         try:
-            response = await self._plane.infer(_decoded(request), converters.infer_response)
+            response = await self._infer(request, context, start)
         except Exception as exc:
             code, message = to_status(exc, "ModelInfer")
             self._outcome(request, code.name, start)
@@ -99,9 +107,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Each request gets one response; an error goes into error_message and
         # the stream stays open (what tritonclient's stream API expects).
         async for request in request_iterator:
-            start = time.perf_counter()
+            start = time.perf_counter_ns()
             try:
-                response = await self._plane.infer(_decoded(request), converters.infer_response)
+                response = await self._infer(request, context, start)
             except Exception as exc:
                 code, message = to_status(exc, "ModelStreamInfer")
                 self._outcome(request, code.name, start)
@@ -136,15 +144,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._check_control("RepositoryModelUnload")
         await self._plane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
-
-
-def _decoded(request: Any) -> InferRequest:
-    """The request's tensors as arrays, with the time decoding took."""
-    refuse_undecodable(request)
-    start = time.perf_counter_ns()
-    decoded = converters.infer_request(request)
-    decoded.decode_ns = time.perf_counter_ns() - start
-    return decoded
 
 
 def _unimplemented(name: str, what: str) -> Any:

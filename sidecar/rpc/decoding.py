@@ -3,14 +3,14 @@
 grpc deserialises a request before any servicer code runs, and a payload that
 is not the method's message (random bytes, another message) is logged by grpc
 at error level with a traceback and answered UNKNOWN: log flooding by anyone.
-`LenientDecoding` wraps each method's deserializer so that such a payload
-becomes an `Undecodable` value instead; `guarded` (rpc/errors.py) and the
+`add_lenient` registers a service with each method's deserializer wrapped so
+that such a payload becomes an `Undecodable` value instead; `guarded` (rpc/errors.py) and the
 streaming methods turn it into INVALID_ARGUMENT without a traceback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -47,17 +47,30 @@ def _lenient(method: str, deserializer: Callable[[bytes], Any]) -> Callable[[byt
     return decode
 
 
-#: The services whose methods check for `Undecodable` (guarded, streams).
-_OURS = ("/inference.GRPCInferenceService/", "/sidecar.control.v1.ModelControl/")
+class LenientRegistration:
+    """Stands in for the server while a generated `add_*Servicer_to_server` runs:
+    the method handlers it registers get lenient deserializers, wrapped once
+    here rather than by an interceptor on every call (grpc.aio runs each
+    interceptor as a coroutine per call, and loses its fast method lookup)."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # rebuilt from the registered handlers below
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        lenient = {
+            name: handler._replace(request_deserializer=_lenient(
+                f"/{service}/{name}", handler.request_deserializer))
+            if handler.request_deserializer is not None else handler
+            for name, handler in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, lenient),))
+        self._server.add_registered_method_handlers(service, lenient)
 
 
-class LenientDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None \
-                or not details.method.startswith(_OURS):
-            return handler  # health and reflection: their servicers read requests
-        return handler._replace(
-            request_deserializer=_lenient(details.method, handler.request_deserializer))
+def add_lenient(add: Callable[[Any, Any], None], servicer: Any, server: Any) -> None:
+    """`add(servicer, server)` (a generated registration), with lenient decoding."""
+    add(servicer, LenientRegistration(server))

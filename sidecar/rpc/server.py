@@ -24,7 +24,7 @@ from sidecar.handlers.dataplane import DataPlane
 from sidecar.rpc import control
 from sidecar.rpc.auth import BearerTokenInterceptor
 from sidecar.rpc.dataplane import InferenceServicer
-from sidecar.rpc.decoding import LenientDecoding
+from sidecar.rpc.decoding import add_lenient
 from sidecar.rpc.proto import control_pb2, inference_pb2, inference_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -84,10 +84,7 @@ def _server(*, max_message_bytes: int, max_concurrent_rpcs: int = 0,
         # (SO_REUSEPORT) and two servers silently share it.
         ("grpc.so_reuseport", 0),
     ]
-    # Payloads that do not parse become INVALID_ARGUMENT, not a logged traceback
-    # (after the token check, which refuses them first).
-    interceptors = (*interceptors, LenientDecoding())
-    return grpc.aio.server(options=options, interceptors=interceptors,
+    return grpc.aio.server(options=options, interceptors=interceptors or None,
                            maximum_concurrent_rpcs=max_concurrent_rpcs or None)
 
 
@@ -120,9 +117,10 @@ def build_inference_server(
 ) -> Listener:
     server = _server(max_message_bytes=max_message_bytes,
                      max_concurrent_rpcs=max_concurrent_rpcs)
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(plane, session_options, repository_control=False,
-                          outcomes=outcomes, access_log=access_log), server)
+    # Payloads that do not parse become INVALID_ARGUMENT, not a logged traceback.
+    add_lenient(inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                InferenceServicer(plane, session_options, repository_control=False,
+                                  outcomes=outcomes, access_log=access_log), server)
     health_servicer = _add_common(server, (INFERENCE_SERVICE,))
     _, address = _bind(server, listen, credentials)
     return Listener(server, health_servicer, address)
@@ -136,9 +134,9 @@ def build_control_server(
     interceptors = (BearerTokenInterceptor(token),) if token else ()
     server = _server(max_message_bytes=max_message_bytes, interceptors=interceptors)
     control.add_to_server(control_plane, server)
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(plane, session_options, repository_control=True,
-                          outcomes=outcomes), server)
+    add_lenient(inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                InferenceServicer(plane, session_options, repository_control=True,
+                                  outcomes=outcomes), server)
     health_servicer = _add_common(server, (CONTROL_SERVICE, INFERENCE_SERVICE))
     _, address = _bind(server, listen, credentials)
     return Listener(server, health_servicer, address)
