@@ -196,11 +196,17 @@ def slow_model(version: int, layers: int = 64, width: int = 256) -> onnx.ModelPr
     return _finish(graph)
 
 
-def buggy_model(version: int) -> onnx.ModelProto:
+def buggy_model(version: int, layers: int = 0, width: int = 256) -> onnx.ModelProto:
     """tiny's signature and weights, but it fails at run time for every request that
     has a row with x[:, 0] > 0: a GatherElements index, 1000 for those rows, is out
     of range. Warm-up (zeros) passes, so it loads and activates like a good model:
-    the bug a guard must catch. Rows with x[:, 0] <= 0 get tiny's exact answer."""
+    the bug a guard must catch. Rows with x[:, 0] <= 0 get tiny's exact answer.
+
+    ``layers`` > 0 makes it slow like ``slow_model``: a side branch of that many
+    MatMul+Tanh layers of ``width`` (about layers * width^2 * 2 FLOPs per row),
+    whose finite result is multiplied by zero and added to the output, so good rows
+    still get tiny's exact answer. With ``layers`` 0 the graph is the plain one.
+    """
     w, b = tiny_weights(version)
     inits = [
         _init("W", w), _init("B", b),
@@ -218,8 +224,26 @@ def buggy_model(version: int) -> onnx.ModelProto:
         helper.make_node("Mul", ["flag", "far"], ["index"]),
         helper.make_node("GatherElements", ["INPUT0", "index"], ["picked"], axis=1),
         helper.make_node("Mul", ["picked", "nothing"], ["naught"]),
-        helper.make_node("Add", ["good", "naught"], ["OUTPUT0"]),
+        helper.make_node("Add", ["good", "naught"], ["OUTPUT0" if not layers else "answer"]),
     ]
+    if layers:
+        # Tanh keeps every value finite, so the zero product is exactly zero.
+        rng = np.random.default_rng(4000 + version)
+        scale = np.float32(1.0 / np.sqrt(width))
+        inits += [
+            _init("S_in", rng.standard_normal((TINY_IN, width)).astype(np.float32) * scale),
+            _init("S", rng.standard_normal((width, width)).astype(np.float32) * scale),
+            _init("S_out", rng.standard_normal((width, TINY_OUT)).astype(np.float32) * scale),
+        ]
+        nodes.append(helper.make_node("MatMul", ["INPUT0", "S_in"], ["s0"]))
+        for i in range(layers):
+            nodes.append(helper.make_node("MatMul", [f"s{i}", "S"], [f"sm{i}"]))
+            nodes.append(helper.make_node("Tanh", [f"sm{i}"], [f"s{i + 1}"]))
+        nodes += [
+            helper.make_node("MatMul", [f"s{layers}", "S_out"], ["side"]),
+            helper.make_node("Mul", ["side", "nothing"], ["side_naught"]),
+            helper.make_node("Add", ["answer", "side_naught"], ["OUTPUT0"]),
+        ]
     graph = helper.make_graph(nodes, f"buggy_v{version}", [_fp32_io("INPUT0", TINY_IN)],
                               [_fp32_io("OUTPUT0", TINY_OUT)], inits)
     return _finish(graph)

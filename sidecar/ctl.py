@@ -222,14 +222,24 @@ def _models_table(models: Sequence[pb.ModelInfo]) -> str:
 
 def _versions_table(versions: Sequence[pb.VersionInfo]) -> str:
     rows = [["VERSION", "STATE", "DIGEST", "SIZE", "LOADED", "ACTIVATED", "REQUESTS", "ERRORS",
-             "P50 MS", "P99 MS", "REASON"]]
+             "P50 MS", "P99 MS", "BATCHING", "REASON"]]
     for v in versions:
         c = v.counters
         rows.append([str(v.number), v.state + (" (quarantined)" if v.quarantined else ""),
                      v.digest[:12] or "-", str(v.size), _when(v.loaded_at),
                      _when(v.activated_at), str(c.requests), str(c.errors),
-                     f"{c.p50_ms:.2f}", f"{c.p99_ms:.2f}", v.reason])
+                     f"{c.p50_ms:.2f}", f"{c.p99_ms:.2f}", _batching_text(v),
+                     "; ".join(t for t in (v.reason, v.batching.refused) if t)])
     return _table(rows)
+
+
+def _batching_text(v: pb.VersionInfo) -> str:
+    if not v.HasField("batching"):
+        return "-"
+    b = v.batching
+    if not b.max_batch_size:
+        return "refused"
+    return f"<={b.max_batch_size} rows, {b.max_queue_delay_microseconds} us"
 
 
 def _event_line(e: pb.Event) -> str:

@@ -99,6 +99,9 @@ class SidecarCollector(Collector):
         active = InfoMetricFamily("sidecar_active_version",
                                   "The version that serves requests naming none.",
                                   labels=["model"])
+        batches = CounterMetricFamily(
+            "sidecar_batches", "Dynamic batches of more than one request run so far.",
+            labels=["model", "version"])
         for entry in self._manager.entries():
             for number in sorted(entry.versions):
                 version = entry.versions[number]
@@ -113,10 +116,13 @@ class SidecarCollector(Collector):
                 total_ns = stats.success.ns + stats.fail.ns
                 latency.add_metric([entry.name, v], _coarse(stats.latency.counts),
                                    total_ns / 1e9)
+                if version.servable is not None and version.servable.batcher is not None:
+                    batches.add_metric([entry.name, v], sum(
+                        d.count for rows, d in stats.batches.items() if rows > 1))
             if entry.serving.active is not None:
                 a = entry.serving.active
                 active.add_metric([entry.name], {"version": str(a.number), "digest": a.digest})
-        yield from (runs, latency, inflight, state, active)
+        yield from (runs, latency, inflight, state, active, batches)
 
     def _changes(self) -> Iterator[Any]:
         changes = CounterMetricFamily(

@@ -85,6 +85,9 @@ class VersionView:
     p99_ms: float
     inflight: int
     quarantined: bool
+    #: (max_batch_size, max_queue_delay_microseconds, preferred sizes, refusal,
+    #: batches of more than one request); None: the version does not batch
+    batching: tuple[int, int, tuple[int, ...], str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,21 @@ class StatusView:
     warm_versions: int
     state_dir: str
     models: list[ModelView]
+
+
+def _batching(version: ModelVersion) -> tuple[int, int, tuple[int, ...], str, int] | None:
+    servable = version.servable
+    if servable is None:
+        return None
+    batcher = servable.batcher
+    if batcher is not None:
+        config = batcher.config
+        runs = sum(d.count for rows, d in servable.stats.batches.items() if rows > 1)
+        return (config.max_batch_size, config.max_queue_delay_microseconds,
+                config.preferred_batch_size, "", runs)
+    if servable.batching_note:
+        return 0, 0, (), servable.batching_note, 0
+    return None
 
 
 def _ref(version: ModelVersion | None) -> Ref | None:
@@ -171,11 +189,12 @@ class ControlPlane:
             or entry.skipped_reason(version),
             inputs=signature.inputs if signature else (),
             outputs=signature.outputs if signature else (),
-            requests=stats.execution_count, errors=stats.fail.count,
+            requests=stats.success.count + stats.fail.count, errors=stats.fail.count,
             p50_ms=stats.latency.percentile(50) / 1e6,
             p90_ms=stats.latency.percentile(90) / 1e6,
             p99_ms=stats.latency.percentile(99) / 1e6,
             inflight=version.inflight, quarantined=digest in self._manager.quarantine,
+            batching=_batching(version),
         )
 
     async def versions(self, model: str) -> list[VersionView]:

@@ -93,7 +93,12 @@ class DataPlane:
         signature = handle.signature
         entry = self._manager.entry(model)
         versions = [str(n) for n in sorted(entry.serving.loaded)]
-        return ModelMetadata(model, versions, PLATFORM, signature.inputs, signature.outputs)
+        batcher = handle.batcher
+        batching = (None if batcher is None else
+                    (batcher.max_rows, batcher.config.max_queue_delay_microseconds,
+                     batcher.config.preferred_batch_size))
+        return ModelMetadata(model, versions, PLATFORM, signature.inputs, signature.outputs,
+                             batching, handle.batching_note)
 
     def repository_index(self, ready_only: bool = False, *, detailed: bool = True
                          ) -> list[IndexEntry]:

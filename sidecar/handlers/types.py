@@ -78,6 +78,10 @@ class ModelMetadata:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    #: (max_batch_size, max_queue_delay_microseconds, preferred sizes) when the
+    #: version batches dynamically; else None, with why not in `batching_note`
+    batching: tuple[int, int, tuple[int, ...]] | None = None
+    batching_note: str = ""
 
 
 @dataclass(frozen=True, slots=True)

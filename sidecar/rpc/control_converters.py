@@ -70,6 +70,10 @@ def version_info(v: VersionView) -> pb.VersionInfo:
             p99_ms=v.p99_ms, inflight=v.inflight,
         ),
         quarantined=v.quarantined,
+        batching=None if v.batching is None else pb.Batching(
+            max_batch_size=v.batching[0], max_queue_delay_microseconds=v.batching[1],
+            preferred_batch_size=v.batching[2], refused=v.batching[3],
+            batches=v.batching[4]),
     )
 
 

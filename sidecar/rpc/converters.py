@@ -231,22 +231,34 @@ def metadata_response(meta: ModelMetadata) -> pb.ModelMetadataResponse:
     )
 
 
-def config_response(meta: ModelMetadata, parameters: dict[str, str]) -> pb.ModelConfigResponse:
+def config_response(meta: ModelMetadata, parameters: dict[str, str]
+                    ) -> pb.ModelConfigResponse:
+    """Triton's convention: a version that batches reports `max_batch_size` and
+    its dims without the batch dimension; one that does not reports 0 and its
+    full shapes (any batch dimension as -1)."""
+    batching = meta.batching
+    cut = 1 if batching else 0
+    params = dict(parameters)
+    if meta.batching_note:
+        params["dynamic_batching"] = meta.batching_note
     config = pb.ModelConfig(
         name=meta.name,
         platform=meta.platform,
         backend="onnxruntime",
-        max_batch_size=0,  # dims below include any batch dimension (as -1)
+        max_batch_size=batching[0] if batching else 0,
         input=[
-            pb.ModelInput(name=t.name, data_type=CONFIG_TYPES[t.datatype], dims=t.shape)
+            pb.ModelInput(name=t.name, data_type=CONFIG_TYPES[t.datatype], dims=t.shape[cut:])
             for t in meta.inputs
         ],
         output=[
-            pb.ModelOutput(name=t.name, data_type=CONFIG_TYPES[t.datatype], dims=t.shape)
+            pb.ModelOutput(name=t.name, data_type=CONFIG_TYPES[t.datatype], dims=t.shape[cut:])
             for t in meta.outputs
         ],
-        parameters={k: pb.ModelParameter(string_value=v) for k, v in parameters.items()},
+        parameters={k: pb.ModelParameter(string_value=v) for k, v in params.items()},
     )
+    if batching:
+        config.dynamic_batching.max_queue_delay_microseconds = batching[1]
+        config.dynamic_batching.preferred_batch_size.extend(batching[2])
     config.version_policy.specific.versions.extend(int(v) for v in meta.versions)
     return pb.ModelConfigResponse(config=config)
 

@@ -41,7 +41,7 @@ class VersionCounters(_message.Message):
     def __init__(self, requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., inflight: _Optional[int] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("model", "number", "digest", "size", "mtime", "ctime", "loaded_at", "activated_at", "path", "state", "reason", "inputs", "outputs", "counters", "quarantined")
+    __slots__ = ("model", "number", "digest", "size", "mtime", "ctime", "loaded_at", "activated_at", "path", "state", "reason", "inputs", "outputs", "counters", "quarantined", "batching")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class VersionInfo(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     model: str
     number: int
     digest: str
@@ -72,7 +73,22 @@ class VersionInfo(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     counters: VersionCounters
     quarantined: bool
-    def __init__(self, model: _Optional[str] = ..., number: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., loaded_at: _Optional[float] = ..., activated_at: _Optional[float] = ..., path: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., counters: _Optional[_Union[VersionCounters, _Mapping]] = ..., quarantined: _Optional[bool] = ...) -> None: ...
+    batching: Batching
+    def __init__(self, model: _Optional[str] = ..., number: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., loaded_at: _Optional[float] = ..., activated_at: _Optional[float] = ..., path: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., counters: _Optional[_Union[VersionCounters, _Mapping]] = ..., quarantined: _Optional[bool] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ...) -> None: ...
+
+class Batching(_message.Message):
+    __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "preferred_batch_size", "refused", "batches")
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DELAY_MICROSECONDS_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    max_batch_size: int
+    max_queue_delay_microseconds: int
+    preferred_batch_size: _containers.RepeatedScalarFieldContainer[int]
+    refused: str
+    batches: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ..., preferred_batch_size: _Optional[_Iterable[int]] = ..., refused: _Optional[str] = ..., batches: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "active", "previous", "pinned", "ready", "loaded_versions", "versions_on_disk", "canary", "canary_weight_percent", "shadow", "guard_note", "note")
