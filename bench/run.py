@@ -60,6 +60,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra flag for bench/minimal_server.py, e.g. --minimal-arg=--intra-op-threads=1")
     add("--client-procs", type=int, default=1,
         help="client processes sharing the calls in flight (default 1)")
+    add("--server-cpus", type=machine.cpu_list, default=[],
+        help="pin each server (every thread) to these CPUs, e.g. 0 (default: none)")
+    add("--client-cpus", type=machine.cpu_list, default=[],
+        help="pin the client processes to these CPUs, e.g. 1 (default: none)")
     add("--json", type=Path, help="write every run's figures to this file")
     machine.add_noise_args(parser, max_others=0.1, wait_idle=0.0, retries=0)
     args = parser.parse_args(argv)
@@ -123,6 +127,8 @@ def one_run(kind: str, number: int, sc: Scenario, pool: ClientPool,
             args: argparse.Namespace) -> tuple[str, Figures]:
     srv = (server.Sidecar(sc.repository, *args.sidecar_arg) if kind == "sidecar"
            else server.minimal(sc.model_file, args.minimal_arg))
+    if args.server_cpus:
+        machine.pin(srv.pid, args.server_cpus)
     try:
         f = pool.measure(srv, args.warmup, args.duration, in_flight=args.concurrency).figures
     finally:
@@ -137,6 +143,8 @@ def one_run(kind: str, number: int, sc: Scenario, pool: ClientPool,
 def run_scenario(sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
     base, _ = stats.rounds(1, args, lambda _: [floor(sc, args)], lambda f: f.others_cores)
     with ClientPool(sc.workload, args.client_procs) as pool:
+        for pid in pool.pids if args.client_cpus else ():
+            machine.pin(pid, args.client_cpus)
         kept, _ = stats.rounds(args.rounds, args,
                                lambda n: [one_run(k, n, sc, pool, args) for k in KINDS],
                                lambda r: r[1].others_cores)

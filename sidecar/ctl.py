@@ -220,14 +220,24 @@ def _models_table(models: Sequence[pb.ModelInfo]) -> str:
     return "\n".join([_table(rows), *notes])
 
 
+def _short_time(iso: str) -> str:
+    """An ISO 8601 time of the server ("...T04:20:06.895Z") to the second, as `_when`."""
+    if not iso:
+        return "-"
+    return iso.split(".", 1)[0].removesuffix("Z") + "Z"
+
+
 def _versions_table(versions: Sequence[pb.VersionInfo]) -> str:
-    rows = [["VERSION", "STATE", "DIGEST", "SIZE", "LOADED", "ACTIVATED", "REQUESTS", "ERRORS",
-             "P50 MS", "P99 MS", "BATCHING", "REASON"]]
+    """One row per version; the ONNX metadata and the times to the millisecond
+    are in --json (`created`, `updated`, `onnx`)."""
+    rows = [["VERSION", "STATE", "DIGEST", "SIZE", "LOADED", "ACTIVATED", "CREATED", "UPDATED",
+             "REQUESTS", "ERRORS", "P50 MS", "P99 MS", "BATCHING", "REASON"]]
     for v in versions:
         c = v.counters
         rows.append([str(v.number), v.state + (" (quarantined)" if v.quarantined else ""),
                      v.digest[:12] or "-", str(v.size), _when(v.loaded_at),
-                     _when(v.activated_at), str(c.requests), str(c.errors),
+                     _when(v.activated_at), _short_time(v.created), _short_time(v.updated),
+                     str(c.requests), str(c.errors),
                      f"{c.p50_ms:.2f}", f"{c.p99_ms:.2f}", _batching_text(v),
                      "; ".join(t for t in (v.reason, v.batching.refused) if t)])
     return _table(rows)

@@ -152,3 +152,18 @@ def run_parts(parts: dict[str, Callable[[argparse.Namespace], None]],
             part(args)
     print(f"\n(total {time.monotonic() - started:.0f} s)")
     return 0
+
+
+def pin(pid: int, cpus: Sequence[int]) -> None:
+    """Restrict every thread of a process (those it starts later inherit it) to
+    these CPUs: to give a server and its clients separate cores."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), set(cpus))
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that just ended
+
+
+def cpu_list(text: str) -> list[int]:
+    """'0' or '0,1' -> [0] or [0, 1]."""
+    return [int(part) for part in text.split(",") if part.strip()]

@@ -14,6 +14,8 @@ from sidecar import __version__
 from sidecar.errors import FailedPreconditionError, InvalidInputError, UnavailableError
 from sidecar.guard.guard import Guard
 from sidecar.guard.shadow import ShadowMirror
+from sidecar.handlers.versionmeta import iso8601
+from sidecar.loader.onnx import OnnxMeta
 from sidecar.loader.signature import TensorSpec
 from sidecar.manager.entry import ModelEntry, SwapResult
 from sidecar.manager.manager import ModelManager
@@ -88,6 +90,13 @@ class VersionView:
     #: (max_batch_size, max_queue_delay_microseconds, preferred sizes, refusal,
     #: batches of more than one request); None: the version does not batch
     batching: tuple[int, int, tuple[int, ...], str, int] | None = None
+    #: ISO 8601 (UTC): when the version appeared (see `ModelVersion.created`)
+    #: and its file's mtime ("": unknown, e.g. no file)
+    created: str = ""
+    updated: str = ""
+    #: What the file says about itself; None until the version was loaded (it
+    #: stays known after an unload, until the file changes)
+    onnx: OnnxMeta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +204,9 @@ class ControlPlane:
             p99_ms=stats.latency.percentile(99) / 1e6,
             inflight=version.inflight, quarantined=digest in self._manager.quarantine,
             batching=_batching(version),
+            created=iso8601(version.note_created()),
+            updated=iso8601(identity.mtime_ns / 1e9) if identity else "",
+            onnx=identity.onnx if identity else None,
         )
 
     async def versions(self, model: str) -> list[VersionView]:

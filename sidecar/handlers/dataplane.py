@@ -31,6 +31,7 @@ from sidecar.handlers.types import (
     ModelMetadata,
     VersionStatistics,
 )
+from sidecar.handlers.versionmeta import version_parameters
 from sidecar.loader.onnx import Runner
 from sidecar.loader.signature import Signature
 from sidecar.manager.manager import ModelManager
@@ -98,7 +99,8 @@ class DataPlane:
                     (batcher.max_rows, batcher.config.max_queue_delay_microseconds,
                      batcher.config.preferred_batch_size))
         return ModelMetadata(model, versions, PLATFORM, signature.inputs, signature.outputs,
-                             batching, handle.batching_note)
+                             batching, handle.batching_note,
+                             parameters=version_parameters(handle))
 
     def repository_index(self, ready_only: bool = False, *, detailed: bool = True
                          ) -> list[IndexEntry]:

@@ -82,6 +82,9 @@ class ModelMetadata:
     #: version batches dynamically; else None, with why not in `batching_note`
     batching: tuple[int, int, tuple[int, ...]] | None = None
     batching_note: str = ""
+    #: ModelConfig parameters of the version: `created`, `updated` and its ONNX
+    #: metadata (see sidecar/handlers/versionmeta.py)
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

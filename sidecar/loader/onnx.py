@@ -2,9 +2,11 @@
 
 `load()` is the heavy step (run off the request path): it digests the file
 (streamed SHA-256), creates the session with the configured options, reads
-the signature, and runs a warm-up inference on generated data. Any failure is
-a `ModelLoadError` with a one-line reason. A `Runner` then wraps the session
-for the manager and handlers, so nothing above this module touches onnxruntime.
+the signature and what the file says about itself (producer, doc string,
+metadata_props: `OnnxMeta`, bounded), and runs a warm-up inference on
+generated data. Any failure is a `ModelLoadError` with a one-line reason. A
+`Runner` then wraps the session for the manager and handlers, so nothing above
+this module touches onnxruntime.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,6 +51,16 @@ _OPT_LEVELS: Final[dict[str, Any]] = {
 
 _CHUNK = 1024 * 1024
 _MAX_REASON = 300
+#: Bounds on what a model file says about itself, so that no file can bloat a
+#: response: its doc string, any other text (names, keys, values), its
+#: metadata_props entries (the first by key), and the head of the file read for
+#: producer_version.
+MAX_DOC_STRING = 1000
+MAX_META_TEXT = 256
+MAX_META_PROPS = 64
+_HEAD = 64 * 1024
+#: onnxruntime's model version when the file sets none.
+_NO_MODEL_VERSION = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,25 @@ class SessionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OnnxMeta:
+    """What an ONNX file says about itself (ModelProto's fields), each bounded:
+    texts to MAX_META_TEXT characters, the doc string to MAX_DOC_STRING, at most
+    MAX_META_PROPS metadata_props (the first by key); a cut text ends in "..."."""
+
+    producer_name: str = ""
+    producer_version: str = ""
+    domain: str = ""
+    #: the model's doc string, else its graph's
+    doc_string: str = ""
+    model_version: int = 0  # 0: not set
+    graph_name: str = ""
+    #: metadata_props (training data, author, ...), sorted by key
+    metadata_props: tuple[tuple[str, str], ...] = ()
+    #: entries of metadata_props left out (beyond MAX_META_PROPS)
+    props_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class FileIdentity:
     """What a version's file was when it was loaded: its identity beside the number."""
 
@@ -90,6 +121,10 @@ class FileIdentity:
     size: int
     mtime_ns: int
     ctime_ns: int
+    #: What the file says about itself, read by `load` (None: not loaded). It
+    #: lives here, not only with the session, so that it is still known once the
+    #: version is unloaded, and gone once the file changed (a new identity).
+    onnx: OnnxMeta | None = None
 
 
 class Runner:
@@ -135,6 +170,14 @@ class LoadedModel:
     warmup_ns: int  # one warm-up inference, after the first
     warmup_elements: int = 1  # input elements of that warm-up inference
 
+    @property
+    def meta(self) -> OnnxMeta:
+        """What the loaded file says about itself (kept on its identity)."""
+        return self.identity.onnx or _NO_META
+
+
+_NO_META = OnnxMeta()
+
 
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -159,6 +202,98 @@ def file_identity(path: Path) -> FileIdentity:
         raise ModelLoadError(f"{path} is empty (0 bytes)")
     return FileIdentity(path, digest.hexdigest(), before.st_size, before.st_mtime_ns,
                         before.st_ctime_ns)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _meta_text(meta: Any, name: str, limit: int = MAX_META_TEXT) -> str:
+    """One text of onnxruntime's ModelMetadata; "" if absent or not UTF-8 (a
+    hostile file's bytes must not fail the load)."""
+    try:
+        value = getattr(meta, name)
+    except Exception:  # UnicodeDecodeError, from pybind11
+        return ""
+    return _cut(value, limit) if isinstance(value, str) else ""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A protobuf varint at `pos`: (value, next position); (-1, pos) if cut or too long."""
+    value = shift = 0
+    for end in range(pos, min(len(data), pos + 10)):
+        byte = data[end]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, end + 1
+        shift += 7
+    return -1, pos
+
+
+def producer_version(head: bytes) -> str:
+    """ModelProto.producer_version (field 3), which onnxruntime does not expose,
+    from the first bytes of the file. Protobuf writers put fields in number
+    order, so it comes right after ir_version and producer_name; it is looked for
+    only there, and "" is the answer for anything else."""
+    pos = 0
+    while pos < len(head):
+        key, pos = _varint(head, pos)
+        if key < 0 or key >> 3 > 3:
+            return ""
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(head, pos)
+            if value < 0:
+                return ""
+        elif wire == 2:
+            length, pos = _varint(head, pos)
+            if length < 0 or pos + length > len(head):
+                return ""
+            if field == 3:
+                return _cut(head[pos:pos + length].decode("utf-8", "replace"), MAX_META_TEXT)
+            pos += length
+        else:
+            return ""
+    return ""
+
+
+def _read_head(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(_HEAD)
+    except OSError:
+        return b""
+
+
+def onnx_meta(session: Any, head: bytes = b"") -> OnnxMeta:
+    """What a session's model says about itself (see OnnxMeta), and its
+    producer_version from the file's `head`. Never raises: what cannot be read
+    is left empty."""
+    try:
+        meta = session.get_modelmeta()
+    except Exception:
+        return OnnxMeta(producer_version=producer_version(head))
+    try:
+        version = int(meta.version)
+    except Exception:
+        version = 0
+    try:
+        props: dict[str, str] = dict(meta.custom_metadata_map)
+    except Exception:  # a key or value that is not UTF-8
+        props = {}
+    kept = sorted(props.items())[:MAX_META_PROPS]
+    return OnnxMeta(
+        producer_name=_meta_text(meta, "producer_name"),
+        producer_version=producer_version(head),
+        domain=_meta_text(meta, "domain"),
+        doc_string=(_meta_text(meta, "description", MAX_DOC_STRING)
+                    or _meta_text(meta, "graph_description", MAX_DOC_STRING)),
+        model_version=0 if version == _NO_MODEL_VERSION else version,
+        graph_name=_meta_text(meta, "graph_name"),
+        metadata_props=tuple((_cut(str(k), MAX_META_TEXT), _cut(str(v), MAX_META_TEXT))
+                             for k, v in kept),
+        props_dropped=len(props) - len(kept),
+    )
 
 
 def _tensor_spec(arg: Any, *, kind: str) -> TensorSpec:
@@ -200,6 +335,7 @@ def load(path: Path, config: SessionConfig) -> LoadedModel:
         tuple(_tensor_spec(a, kind="input") for a in session.get_inputs()),
         tuple(_tensor_spec(a, kind="output") for a in session.get_outputs()),
     )
+    identity = replace(identity, onnx=onnx_meta(session, _read_head(path)))
     runner = Runner(session, signature)
     feeds = _warmup_feeds(signature)
     try:

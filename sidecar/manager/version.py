@@ -4,11 +4,15 @@ A version is a number in a model's folder plus the digest of its file. While
 READY it has a `Servable` (a loaded session, see `servable.py`); a version
 activated again while its old session drains gets a new one. All mutation
 happens on the event loop thread.
+
+`created` is when the version appeared, as well as the file system tells it
+when the sidecar first sees the version (see `appeared`).
 """
 
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,28 @@ class Phase(enum.Enum):
     FAILED = "FAILED"
 
 
+def appeared(path: Path) -> float:
+    """When the version of model file `path` appeared (unix seconds; 0.0: unknown):
+    the earliest of its folder's and its file's mtime and ctime, and birth time
+    where the platform reports one. Linux has birth times only through statx(2),
+    which Python's os.stat does not use (st_birthtime is macOS, BSD and, from
+    3.12, Windows), so on Linux this is the folder's or file's oldest change time
+    when first seen: a later copy or rename into the folder or a touch cannot make
+    it older, but a file copied in with its times kept (cp -p, rsync -t, tar)
+    dates it to the original's mtime."""
+    times: list[float] = []
+    for item in (path.parent, path):
+        try:
+            st = os.stat(item)
+        except OSError:
+            continue
+        times += [st.st_mtime, st.st_ctime]
+        birth = getattr(st, "st_birthtime", 0.0)
+        if birth > 0:
+            times.append(birth)
+    return min(times, default=0.0)
+
+
 @dataclass(eq=False, slots=True)
 class ModelVersion:
     model: str
@@ -46,6 +72,20 @@ class ModelVersion:
     #: Loaded on request (`load`, or the watcher's `load` policy): kept warm
     #: beyond the warm-version budget, within `max_loaded`.
     held: bool = False
+    #: When the version appeared (unix seconds), as first seen: see `appeared`.
+    #: 0.0 until its folder or file could be read. Not persisted: after a
+    #: restart it is read again from the folder and file as they are then.
+    created: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.created:
+            self.created = appeared(self.path)
+
+    def note_created(self) -> float:
+        """`created`, read again if it was not known yet (the folder was unreadable)."""
+        if not self.created:
+            self.created = appeared(self.path)
+        return self.created
 
     @property
     def label(self) -> str:

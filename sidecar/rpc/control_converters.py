@@ -10,6 +10,7 @@ from sidecar.handlers.control import (
     StatusView,
     VersionView,
 )
+from sidecar.loader.onnx import OnnxMeta
 from sidecar.loader.signature import TensorSpec
 from sidecar.manager.entry import SwapResult
 from sidecar.manager.version import ModelVersion
@@ -29,6 +30,17 @@ def _version_ref(version: ModelVersion | None) -> pb.VersionRef:
 
 def _specs(specs: tuple[TensorSpec, ...]) -> list[pb.TensorSpec]:
     return [pb.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in specs]
+
+
+def _onnx(meta: OnnxMeta | None) -> pb.OnnxMetadata | None:
+    if meta is None:
+        return None
+    return pb.OnnxMetadata(
+        producer_name=meta.producer_name, producer_version=meta.producer_version,
+        domain=meta.domain, doc_string=meta.doc_string, model_version=meta.model_version,
+        graph_name=meta.graph_name, metadata_props=dict(meta.metadata_props),
+        metadata_props_dropped=meta.props_dropped,
+    )
 
 
 def model_info(view: ModelView) -> pb.ModelInfo:
@@ -74,6 +86,7 @@ def version_info(v: VersionView) -> pb.VersionInfo:
             max_batch_size=v.batching[0], max_queue_delay_microseconds=v.batching[1],
             preferred_batch_size=v.batching[2], refused=v.batching[3],
             batches=v.batching[4]),
+        created=v.created, updated=v.updated, onnx=_onnx(v.onnx),
     )
 
 

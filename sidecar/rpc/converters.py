@@ -235,12 +235,15 @@ def config_response(meta: ModelMetadata, parameters: dict[str, str]
                     ) -> pb.ModelConfigResponse:
     """Triton's convention: a version that batches reports `max_batch_size` and
     its dims without the batch dimension; one that does not reports 0 and its
-    full shapes (any batch dimension as -1)."""
+    full shapes (any batch dimension as -1). Parameters: the session options
+    (`parameters`), why dynamic batching is refused, and the version's own
+    (`meta.parameters`: created, updated, onnx_*)."""
     batching = meta.batching
     cut = 1 if batching else 0
     params = dict(parameters)
     if meta.batching_note:
         params["dynamic_batching"] = meta.batching_note
+    params.update(meta.parameters)  # created, updated, onnx_*: the version's own
     config = pb.ModelConfig(
         name=meta.name,
         platform=meta.platform,

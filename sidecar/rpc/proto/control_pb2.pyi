@@ -41,7 +41,7 @@ class VersionCounters(_message.Message):
     def __init__(self, requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., inflight: _Optional[int] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("model", "number", "digest", "size", "mtime", "ctime", "loaded_at", "activated_at", "path", "state", "reason", "inputs", "outputs", "counters", "quarantined", "batching")
+    __slots__ = ("model", "number", "digest", "size", "mtime", "ctime", "loaded_at", "activated_at", "path", "state", "reason", "inputs", "outputs", "counters", "quarantined", "batching", "created", "updated", "onnx")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,9 @@ class VersionInfo(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    ONNX_FIELD_NUMBER: _ClassVar[int]
     model: str
     number: int
     digest: str
@@ -74,7 +77,37 @@ class VersionInfo(_message.Message):
     counters: VersionCounters
     quarantined: bool
     batching: Batching
-    def __init__(self, model: _Optional[str] = ..., number: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., loaded_at: _Optional[float] = ..., activated_at: _Optional[float] = ..., path: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., counters: _Optional[_Union[VersionCounters, _Mapping]] = ..., quarantined: _Optional[bool] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ...) -> None: ...
+    created: str
+    updated: str
+    onnx: OnnxMetadata
+    def __init__(self, model: _Optional[str] = ..., number: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., loaded_at: _Optional[float] = ..., activated_at: _Optional[float] = ..., path: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., counters: _Optional[_Union[VersionCounters, _Mapping]] = ..., quarantined: _Optional[bool] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., created: _Optional[str] = ..., updated: _Optional[str] = ..., onnx: _Optional[_Union[OnnxMetadata, _Mapping]] = ...) -> None: ...
+
+class OnnxMetadata(_message.Message):
+    __slots__ = ("producer_name", "producer_version", "domain", "doc_string", "model_version", "graph_name", "metadata_props", "metadata_props_dropped")
+    class MetadataPropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PRODUCER_NAME_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DOC_STRING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_NAME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_PROPS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_PROPS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    producer_name: str
+    producer_version: str
+    domain: str
+    doc_string: str
+    model_version: int
+    graph_name: str
+    metadata_props: _containers.ScalarMap[str, str]
+    metadata_props_dropped: int
+    def __init__(self, producer_name: _Optional[str] = ..., producer_version: _Optional[str] = ..., domain: _Optional[str] = ..., doc_string: _Optional[str] = ..., model_version: _Optional[int] = ..., graph_name: _Optional[str] = ..., metadata_props: _Optional[_Mapping[str, str]] = ..., metadata_props_dropped: _Optional[int] = ...) -> None: ...
 
 class Batching(_message.Message):
     __slots__ = ("max_batch_size", "max_queue_delay_microseconds", "preferred_batch_size", "refused", "batches")
