@@ -196,14 +196,14 @@ def slow_model(version: int, layers: int = 64, width: int = 256) -> onnx.ModelPr
     return _finish(graph)
 
 
-def buggy_model(version: int, layers: int = 0, width: int = 256) -> onnx.ModelProto:
+def buggy_model(version: int, layers: int = 0) -> onnx.ModelProto:
     """tiny's signature and weights, but it fails at run time for every request that
     has a row with x[:, 0] > 0: a GatherElements index, 1000 for those rows, is out
     of range. Warm-up (zeros) passes, so it loads and activates like a good model:
     the bug a guard must catch. Rows with x[:, 0] <= 0 get tiny's exact answer.
 
     ``layers`` > 0 makes it slow like ``slow_model``: a side branch of that many
-    MatMul+Tanh layers of ``width`` (about layers * width^2 * 2 FLOPs per row),
+    MatMul+Tanh layers of width 256 (about layers * 256^2 * 2 FLOPs per row),
     whose finite result is multiplied by zero and added to the output, so good rows
     still get tiny's exact answer. With ``layers`` 0 the graph is the plain one.
     """
@@ -228,6 +228,7 @@ def buggy_model(version: int, layers: int = 0, width: int = 256) -> onnx.ModelPr
     ]
     if layers:
         # Tanh keeps every value finite, so the zero product is exactly zero.
+        width = 256
         rng = np.random.default_rng(4000 + version)
         scale = np.float32(1.0 / np.sqrt(width))
         inits += [

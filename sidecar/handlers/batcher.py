@@ -58,6 +58,7 @@ class _Item:
     future: asyncio.Future[Answer]
     queued_ns: int
     deadline_ns: int  # perf_counter_ns; 0: none
+    answered: bool = False  # its future was resolved by `_finished`
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class Batcher:
         self._queues: dict[Any, _Queue] = {}
         self.queued = 0  # requests waiting in any queue
         self.running = 0  # requests in runs now
+        self.answered = 0  # requests answered whose callers have not resumed yet
 
     # ---- the event loop's side ---------------------------------------------------
 
@@ -102,12 +104,17 @@ class Batcher:
         queue.rows += rows
         self.queued += 1
         self._consider(key, queue)
-        return await item.future
+        try:
+            return await item.future
+        finally:
+            if item.answered:
+                self.answered -= 1
 
     def _coming(self, queue: _Queue) -> bool:
         """Whether more requests are on their way to this session: held by a
-        request that is neither queued nor running yet."""
-        return self._servable.inflight > self.queued + self.running
+        request that is neither queued, nor running, nor answered (an answered
+        request holds the session until its caller resumes and lets go)."""
+        return self._servable.inflight > self.queued + self.running + self.answered
 
     def _consider(self, key: Any, queue: _Queue) -> None:
         """Run the queue now, or arm its timer, or leave it to the running batch."""
@@ -197,6 +204,8 @@ class Batcher:
         for item, answer in zip(batch, answers, strict=True):
             if item.future.done():
                 continue
+            item.answered = True
+            self.answered += 1
             if isinstance(answer, BaseException):
                 item.future.set_exception(answer)
             else:

@@ -91,8 +91,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Context) -> pb.ModelInferResponse:
         start = time.perf_counter_ns()
-        try:
-            response = await self._infer(request, context, start)
+        try:  # _infer, inlined: this is the hot path
+            refuse_undecodable(request)
+            decoded = converters.infer_request(request)
+            decoded.received_ns = start
+            decoded.time_left = context.time_remaining
+            response = await self._plane.infer(decoded, converters.infer_response)
         except Exception as exc:
             code, message = to_status(exc, "ModelInfer")
             self._outcome(request, code.name, start)
