@@ -29,9 +29,11 @@ from sidecar.guard.shadow import ShadowMirror
 from sidecar.handlers.batcher import BatcherFactory
 from sidecar.handlers.control import ControlPlane
 from sidecar.handlers.dataplane import DataPlane
+from sidecar.handlers.feedback import FeedbackPlane
 from sidecar.loader.onnx import SessionConfig
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.sync import RepositorySync
+from sidecar.quality.engine import QualityEngine
 from sidecar.rpc.auth import read_token, server_credentials
 from sidecar.rpc.server import (
     BindError,
@@ -142,6 +144,10 @@ def check(settings: Settings) -> None:
         raise ConfigError("events-max-mb must be a positive number")
     if settings.events_keep < 1:
         raise ConfigError("events-keep must be at least 1")
+    if settings.feedback_max_ids < 1 or not (math.isfinite(settings.feedback_max_age_s)
+                                             and settings.feedback_max_age_s > 0):
+        raise ConfigError("feedback-max-ids must be at least 1 and feedback-max-age-s a"
+                          " positive number")
 
 
 def _ctl_program() -> list[str]:
@@ -194,6 +200,13 @@ def _guard_file_settings(repository: Path, model: str) -> dict[str, Any]:
     settings, _ = read_model_settings(repository / model)
     section = settings.get("guard", {})
     return section if isinstance(section, dict) else {}
+
+
+def _quality_file_settings(repository: Path, model: str) -> object:
+    """The "quality" object of the model's sidecar.json (None if none; anything
+    else is reported by the quality engine, and quality stays off)."""
+    settings, _ = read_model_settings(repository / model)
+    return settings.get("quality")
 
 
 def _open_state(settings: Settings) -> tuple[StateStore, EventLog]:
@@ -275,10 +288,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     guard = Guard(manager, defaults=GuardSettings(enabled=settings.guard),
                   settings_source=lambda model: _guard_file_settings(repo, model))
-    mirror = ShadowMirror(manager, guard)
+    mirror = ShadowMirror(manager, guard, inline_max_us=settings.inline_max_us)
+    quality = QualityEngine(manager, guard, mirror,
+                            source=lambda model: _quality_file_settings(repo, model),
+                            max_ids=settings.feedback_max_ids,
+                            max_age_s=settings.feedback_max_age_s)
     plane = DataPlane(manager, pool, inline_max_us=settings.inline_max_us,
                       strict_readiness=settings.strict_readiness,
-                      nonfinite=guard.nonfinite_check, mirror=mirror)
+                      nonfinite=guard.nonfinite_check, mirror=mirror, quality=quality)
+    feedback = FeedbackPlane(quality)
     control_plane = ControlPlane(manager, state_dir=settings.state_path, ready=plane.ready,
                                  guard=guard, mirror=mirror)
     options = config.describe()
@@ -286,11 +304,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     inference = build_inference_server(
         plane, listen=settings.listen, max_message_bytes=settings.max_message_bytes,
         max_concurrent_rpcs=settings.max_concurrent_rpcs, session_options=options,
-        credentials=data_credentials, outcomes=outcomes, access_log=settings.access_log)
+        credentials=data_credentials, outcomes=outcomes, access_log=settings.access_log,
+        feedback=feedback)
     control = build_control_server(
         plane, control_plane, listen=settings.control_listen,
         max_message_bytes=settings.max_message_bytes, session_options=options, token=token,
-        credentials=control_credentials, outcomes=outcomes)
+        credentials=control_credentials, outcomes=outcomes, feedback=feedback)
     collector = metrics.SidecarCollector(manager, outcomes, events, guard, mirror)
     listeners = (inference, control)
 
@@ -347,6 +366,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                                      "state_dir": str(settings.state_path)})
         await manager.start()
         guard.start()
+        quality.start()
         mirror.start()
         watching = _start_watcher(settings, manager, guard)
         await set_server_health(plane.ready())

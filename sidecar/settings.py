@@ -132,6 +132,17 @@ class Settings:
         "Automatic rollback of a newly activated version whose error rate or latency"
         " spikes, and canary/shadow verdicts (settings per model: docs/guard.md).",
     )
+    feedback_max_ids: int = _setting(
+        100_000,
+        "Quality feedback: request ids whose answers are remembered per model (for"
+        " models with \"quality\" in their sidecar.json, requests that carry an id);"
+        " beyond this the oldest are forgotten, and truth for them is unmatched.",
+    )
+    feedback_max_age_s: float = _setting(
+        600.0,
+        "Quality feedback: seconds an answer is remembered for its request id; truth"
+        " that comes later is unmatched.",
+    )
     max_message_mb: int = _setting(
         64,
         "Largest gRPC message received or sent, in MiB (grpc's default is 4)."

@@ -19,24 +19,46 @@ Each candidate run gets a fresh window: it is judged on its own evidence only.
 An action (rollback, canary abort or promotion) is scheduled as a task, so no
 request waits for it. Nothing automatic happens on a pinned model, within a
 model's cooldown, or when the previous version is not warm (an event says so).
+
+Modes (the `mode` setting): "auto" acts as above. "propose" turns a rollback
+of the active version (by the error, latency or quality rule) into a
+`Proposal`: nothing changes, an event `rollback-proposed` carries the
+evidence, and a person `approve`s it (the rollback and quarantine the guard
+would have done, by that person) or `dismiss`es it (event `rollback-dismissed`;
+the same evidence is not proposed again, new evidence is). One proposal per
+model at a time; a change of what serves drops it. With `approve_after_s` > 0
+the guard approves alone when nobody answered in time. Canary and shadow
+verdicts act as in "auto". "off": windows are kept (status, metrics) but
+nothing is judged or done.
+
+The quality rule (sidecar/quality/engine.py) judges the active version on
+ground truth; while the version is on probation its verdict goes through
+`quality_fired`, and from there the same rollback path as the other rules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sidecar.errors import SidecarError
+from sidecar.errors import FailedPreconditionError, SidecarError
 from sidecar.guard.rules import GuardSettings, Verdict, judge
 from sidecar.guard.window import OutcomeWindow
-from sidecar.manager.entry import ModelEntry
+from sidecar.manager.entry import ModelEntry, SwapResult
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.servable import Servable
 from sidecar.manager.version import ModelVersion, Phase
+from sidecar.quality.config import is_quality_override
+from sidecar.quality.judge import QualityVerdict, evidence_key
+
+if TYPE_CHECKING:
+    from sidecar.quality.engine import QualityEngine
 
 log = logging.getLogger("sidecar.guard")
 
@@ -45,6 +67,37 @@ _LATENCY_EVERY = 16  # observations between latency checks (a sort of the window
 
 #: model name -> its settings file's "guard" object (may be empty)
 SettingsSource = Callable[[str], dict[str, Any]]
+#: Most evidence values kept in a proposal or an event's details.
+_MAX_DETAILS = 48
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A rollback the guard would have done in mode "auto", waiting for a person."""
+
+    id: str
+    model: str
+    from_version: int  # the active version, to roll back
+    from_digest: str
+    to_version: int  # the warm previous version, to roll back to
+    to_digest: str
+    rule: str  # error-ratio | consecutive-failures | latency | quality-drop | quality-floor
+    reason: str  # one line with the figures
+    evidence: dict[str, str]  # the details the rollback event would carry
+    key: str  # names the evidence: the same key is not proposed twice
+    time: float  # unix seconds
+    approve_at: float = 0.0  # unix seconds the guard approves alone (0: never)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What `approve` or `dismiss` did."""
+
+    proposal: Proposal
+    actor: str
+    approved: bool
+    swap: SwapResult | None = None  # approve: the rollback
+    quarantined: str = ""  # approve: the digest quarantined
 
 
 class Watch:
@@ -72,6 +125,9 @@ class ModelGuard:
     canary_since: float = 0.0
     note: str = ""  # the last thing the guard could not do, for status
     counts: dict[str, int] = field(default_factory=dict)
+    proposal: Proposal | None = None  # mode "propose": the one waiting for a person
+    dismissed: set[str] = field(default_factory=set)  # evidence keys not to propose again
+    approving: bool = False  # an approved rollback is under way (no probation after it)
 
 
 class Guard:
@@ -87,15 +143,25 @@ class Guard:
         self._wall = wall_clock
         self._models: dict[str, ModelGuard] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The quality engine, once it attached itself (sidecar/quality/engine.py):
+        #: its settings ride on the guard's (checked, reloaded, shown with them), and
+        #: the control surface reaches it here (compare, feedback counts).
+        self.quality: QualityEngine | None = None
         manager.add_swap_hook(self.on_swap)
 
     # ---- settings ----------------------------------------------------------------
 
     def settings_for(self, model: str, overrides: dict[str, str] | None = None
                      ) -> GuardSettings:
-        """Defaults, then the model's sidecar.json "guard", then commands' overrides."""
+        """Defaults, then the model's sidecar.json "guard", then commands' overrides.
+
+        Commands' quality keys (`quality`, `quality.*`) are the quality engine's:
+        checked by it when a command gives them (ValueError), skipped here."""
         entry = self._manager.entry(model)
         settings = self._defaults
+        if overrides is not None and self.quality is not None and any(
+                is_quality_override(k) for k in overrides):
+            self.quality.check_overrides(model, overrides)
         from_file = self._source(model)
         if from_file:
             try:
@@ -103,7 +169,8 @@ class Guard:
             except ValueError as exc:
                 log.error("bad guard settings in the model's file; ignored",
                           extra={"model": model, "reason": str(exc)})
-        given = entry.guard if overrides is None else overrides
+        given = {k: v for k, v in (entry.guard if overrides is None else overrides).items()
+                 if not is_quality_override(k)}
         if given and overrides is None:
             try:
                 settings = settings.updated(given)
@@ -126,6 +193,10 @@ class Guard:
         """Re-read a model's settings (after a change by command or file)."""
         guard = self.model(name)
         before, guard.settings = guard.settings, self.settings_for(name)
+        if guard.settings.mode != "propose" or not guard.settings.enabled:
+            guard.proposal = None  # nobody is asked any more
+        if self.quality is not None:
+            self.quality.reload(name)
         if not self._manager.has_model(name):
             return guard.settings
         entry = self._manager.entry(name)
@@ -189,6 +260,13 @@ class Guard:
         """After a change of what serves: fresh windows, probation, latency baseline."""
         guard = self.model(entry.name)
         serving = entry.serving
+        proposal = guard.proposal
+        if proposal is not None and (
+                serving.active is None or serving.active.number != proposal.from_version
+                or serving.previous is None or serving.previous.number != proposal.to_version):
+            guard.proposal = None  # stale: what it would change changed
+        if serving.active is not before:
+            guard.dismissed.clear()  # keys name versions: those of the old pair are done
         if not guard.settings.enabled:
             entry.probation_until = 0.0
             self._rewatch(entry)
@@ -199,7 +277,7 @@ class Guard:
             old = self.window_of(before.servable) if before is not None else None
             guard.baseline = old.latency_percentile(99, now) if old else (0.0, 0)
             self._watch(active.servable, guard.settings, fresh=True)
-            if actor == ACTOR:
+            if actor == ACTOR or guard.approving:
                 guard.watched, entry.probation_until = None, 0.0  # no probation after it
             else:
                 guard.watched = active.servable
@@ -239,16 +317,23 @@ class Guard:
         window, servable = watch.window, watch.servable
         window.record(now, ok, latency_ns)
         guard = self._models.get(servable.model)
-        if guard is None or guard.pending:
+        if guard is None or guard.pending or guard.settings.mode == "off":
             return
         if servable is guard.watched:
             entry = self._manager.entry(servable.model)
             if self._wall() > entry.probation_until:
                 guard.watched = None  # trusted from now on
                 return
+            proposal = guard.proposal
+            if proposal is not None and proposal.from_version == servable.number:
+                return  # a person decides on this version now
             verdict = self._judge(window, guard, now, guard.baseline)
             if verdict.bad:
-                self._schedule(guard, self._rollback(servable, verdict, window))
+                key = _window_key(servable, verdict)
+                if key not in guard.dismissed:
+                    self._schedule(guard, self._rollback(
+                        servable, verdict, self._evidence(window, verdict, guard.settings),
+                        key))
             return
         serving = self._manager.entry(servable.model).serving
         if serving.canary is not None and servable is serving.canary.servable:
@@ -297,8 +382,157 @@ class Guard:
                        window=f"{settings.window_requests} requests / {settings.window_s:g} s")
         return details
 
-    async def _rollback(self, servable: Servable, verdict: Verdict, window: OutcomeWindow
-                        ) -> None:
+    # ---- the quality rule ------------------------------------------------------------
+
+    def quality_wanted(self, model: str, version: int) -> bool:
+        """Whether a quality verdict on `version` (the active version) could act now:
+        the guard is on and not "off", the version is on probation, nothing is
+        pending, and no proposal about it waits for a person."""
+        guard = self._models.get(model)
+        if (guard is None or not guard.settings.enabled or guard.settings.mode == "off"
+                or guard.pending):
+            return False
+        watched = guard.watched
+        if watched is None or watched.number != version:
+            return False
+        if self._wall() > self._manager.entry(model).probation_until:
+            guard.watched = None  # trusted from now on
+            return False
+        proposal = guard.proposal
+        return proposal is None or proposal.from_version != version
+
+    def quality_fired(self, model: str, verdict: QualityVerdict) -> bool:
+        """The quality rule fired for the active version on probation: roll it back
+        (or propose it) as for any rule. False if nothing was scheduled."""
+        guard = self._models.get(model)
+        servable = guard.watched if guard is not None else None
+        if guard is None or servable is None or not verdict.fire:
+            return False
+        key = evidence_key(verdict)
+        if key in guard.dismissed:
+            return False
+        details = flat_details(verdict.evidence)
+        details["rule"] = verdict.rule
+        self._schedule(guard, self._rollback(
+            servable, Verdict(True, verdict.rule, verdict.reason), details, key))
+        return True
+
+    # ---- proposals (mode "propose") ------------------------------------------------------
+
+    def proposals(self) -> list[Proposal]:
+        """The proposals waiting for a person, one per model at most, by model."""
+        return [g.proposal for _, g in sorted(self._models.items()) if g.proposal is not None]
+
+    def proposal(self, model: str) -> Proposal | None:
+        guard = self._models.get(model)
+        return guard.proposal if guard is not None else None
+
+    def _current(self, model: str, proposal_id: str = "") -> tuple[ModelGuard, Proposal]:
+        """The model's proposal (the one named, if an id is given), still valid."""
+        self._manager.entry(model)  # NotFoundError for an unknown model
+        guard = self.model(model)
+        proposal = guard.proposal
+        if proposal is None or (proposal_id and proposal.id != proposal_id):
+            what = f"proposal {proposal_id[:40]}" if proposal_id else "rollback proposal"
+            raise FailedPreconditionError(f"model '{model}' has no {what} waiting")
+        serving = self._manager.entry(model).serving
+        active, previous = serving.active, serving.previous
+        if (active is None or active.number != proposal.from_version
+                or previous is None or previous.number != proposal.to_version):
+            guard.proposal = None
+            raise FailedPreconditionError(
+                f"proposal {proposal.id} is stale: model '{model}' no longer serves version"
+                f" {proposal.from_version} with {proposal.to_version} as previous")
+        return guard, proposal
+
+    async def approve(self, model: str, actor: str, *, reason: str = "",
+                      proposal_id: str = "") -> Decision:
+        """Carry out the model's proposal: roll back and quarantine, as the guard would
+        have in mode "auto", with `actor` in the events. FailedPreconditionError if
+        there is none (or it is stale); the manager's refusals as they come."""
+        guard, proposal = self._current(model, proposal_id)
+        m = self._manager
+        why = f"approved proposal {proposal.id}" + (f" ({reason})" if reason else "")
+        details = {**proposal.evidence, "proposal": proposal.id, "approved_by": actor}
+        guard.approving = guard.pending = True
+        try:
+            swap = await m.rollback(model, actor=actor,
+                                    expected_active=str(proposal.from_version),
+                                    reason=f"{why}: {proposal.rule}: {proposal.reason}",
+                                    details=_bounded(details))
+        finally:
+            guard.approving = guard.pending = False
+        guard.proposal = None
+        guard.cooldown_until = self._clock() + guard.settings.cooldown_s
+        guard.counts["approved"] = guard.counts.get("approved", 0) + 1
+        guard.counts["rollbacks"] = guard.counts.get("rollbacks", 0) + 1
+        digest = await m.quarantine_version(
+            model, proposal.from_digest, actor=actor,
+            reason=f"rolled back on approval of proposal {proposal.id}: {proposal.rule}")
+        return Decision(proposal, actor, True, swap, digest)
+
+    async def dismiss(self, model: str, actor: str, *, reason: str = "",
+                      proposal_id: str = "") -> Decision:
+        """Keep serving; the same evidence is not proposed again (new evidence is)."""
+        guard, proposal = self._current(model, proposal_id)
+        guard.proposal = None
+        guard.dismissed.add(proposal.key)
+        guard.counts["dismissed"] = guard.counts.get("dismissed", 0) + 1
+        await self._manager.note(
+            model, "rollback-dismissed", actor=actor,
+            reason=f"dismissed proposal {proposal.id} ({proposal.rule})"
+                   + (f": {reason}" if reason else ""),
+            version=proposal.to_version, from_version=proposal.from_version,
+            from_digest=proposal.from_digest, to_digest=proposal.to_digest,
+            details={"proposal": proposal.id, "rule": proposal.rule,
+                     "evidence_key": proposal.key})
+        return Decision(proposal, actor, False)
+
+    async def _propose(self, guard: ModelGuard, servable: Servable, previous: ModelVersion,
+                       verdict: Verdict, details: dict[str, str], key: str) -> None:
+        current = guard.proposal
+        if current is not None and current.from_version == servable.number:
+            return  # one at a time: a person decides on it first
+        if key in guard.dismissed:
+            return
+        now, settings = self._wall(), guard.settings
+        after = settings.approve_after_s
+        proposal = Proposal(
+            uuid.uuid4().hex[:12], servable.model, servable.number, servable.digest,
+            previous.number, previous.digest, verdict.rule, verdict.evidence,
+            _bounded(details), key, now, now + after if after > 0 else 0.0)
+        guard.proposal = proposal
+        guard.counts["proposals"] = guard.counts.get("proposals", 0) + 1
+        extra = {"proposal": proposal.id, "evidence_key": key}
+        if after > 0:
+            extra["approve_after_s"] = f"{after:g}"
+        await self._manager.note(
+            servable.model, "rollback-proposed", actor=ACTOR,
+            reason=f"{verdict.rule}: {verdict.evidence}", version=previous.number,
+            from_version=servable.number, from_digest=servable.digest,
+            to_digest=previous.digest, details=_bounded({**details, **extra}))
+        if after > 0:
+            task = asyncio.get_running_loop().create_task(
+                self._approve_later(servable.model, proposal.id, after))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _approve_later(self, model: str, proposal_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        guard = self._models.get(model)
+        if guard is None or guard.proposal is None or guard.proposal.id != proposal_id:
+            return  # answered, or dropped by a change of what serves
+        try:
+            await self.approve(model, ACTOR, proposal_id=proposal_id,
+                               reason=f"nobody answered within {delay:g} s")
+        except SidecarError as exc:
+            guard.note = f"proposal {proposal_id} not approved: {exc}"
+            log.warning("proposal not approved", extra={"model": model, "reason": str(exc)})
+
+    # ---- actions -------------------------------------------------------------------
+
+    async def _rollback(self, servable: Servable, verdict: Verdict, details: dict[str, str],
+                        key: str) -> None:
         model, m = servable.model, self._manager
         guard, now = self.model(model), self._clock()
         entry = m.entry(model)
@@ -321,9 +555,13 @@ class Guard:
             await m.note(model, "guard-held", actor=ACTOR, reason=guard.note,
                          version=servable.number)
             return
-        details = self._evidence(window, verdict, guard.settings)
+        assert previous is not None
+        if guard.settings.mode == "propose":
+            await self._propose(guard, servable, previous, verdict, details, key)
+            return
         await m.rollback(model, actor=ACTOR, expected_active=str(servable.number),
-                         reason=f"{verdict.rule}: {verdict.evidence}", details=details)
+                         reason=f"{verdict.rule}: {verdict.evidence}",
+                         details=_bounded(details))
         guard.cooldown_until = self._clock() + guard.settings.cooldown_s
         guard.counts["rollbacks"] = guard.counts.get("rollbacks", 0) + 1
         await m.quarantine_version(model, servable.digest, actor=ACTOR,
@@ -356,7 +594,15 @@ class Guard:
 
     def status(self, model: str) -> dict[str, str]:
         guard, now = self.model(model), self._clock()
-        out = {"enabled": str(guard.settings.enabled).lower(), "note": guard.note}
+        out = {"enabled": str(guard.settings.enabled).lower(), "note": guard.note,
+               "mode": guard.settings.mode}
+        proposal = guard.proposal
+        if proposal is not None:
+            out.update(proposal=proposal.id, proposal_rule=proposal.rule,
+                       proposal_versions=f"{proposal.from_version} -> {proposal.to_version}",
+                       proposal_reason=proposal.reason)
+            if proposal.approve_at:
+                out["proposal_approve_in_s"] = f"{max(0.0, proposal.approve_at - self._wall()):.0f}"
         if guard.watched is not None:
             entry = self._manager.entry(model)
             out["probation_version"] = str(guard.watched.number)
@@ -367,6 +613,8 @@ class Guard:
         if now < guard.cooldown_until:
             out["cooldown_left_s"] = f"{guard.cooldown_until - now:.0f}"
         out.update({k: str(v) for k, v in guard.counts.items()})
+        if self.quality is not None:
+            out.update(self.quality.status(model))
         return out
 
     async def idle(self) -> int:
@@ -379,3 +627,41 @@ class Guard:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _bucket(n: int) -> int:
+    """n rounded down to a power of two (0 for 0): evidence "changes" when it doubles."""
+    return 1 << (n.bit_length() - 1) if n > 0 else 0
+
+
+def _window_key(servable: Servable, verdict: Verdict) -> str:
+    """Names a window rule's evidence: the rule, the version and its failures (its
+    requests, for the latency rule) rounded down to a power of two."""
+    stats = servable.stats
+    n = stats.success.count + stats.fail.count if verdict.rule == "latency" \
+        else stats.fail.count
+    return f"{verdict.rule}/{servable.number}/{_bucket(n)}"
+
+
+def flat_details(evidence: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A verdict's evidence (nested JSON values) as an event's details: one string
+    per leaf, keys joined by dots (`drop.e_value`), lists as JSON."""
+    out: dict[str, str] = {}
+    for key, value in evidence.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_details(value, name + "."))
+        elif isinstance(value, list | tuple):
+            out[name] = json.dumps(value)
+        elif value is None:
+            out[name] = ""
+        elif isinstance(value, float):
+            out[name] = f"{value:.6g}"
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _bounded(details: dict[str, str]) -> dict[str, str]:
+    """At most _MAX_DETAILS values of at most 200 characters: an event stays small."""
+    return {k[:64]: v[:200] for k, v in list(details.items())[:_MAX_DETAILS]}

@@ -22,6 +22,12 @@ Rollouts and Envoy's outlier detection):
   active; after that it is trusted (the previous version may be stale by then).
 - cooldown 60 s: at most one automatic rollback per model per cooldown, so a
   bad pair cannot flap (Envoy's base ejection time is 30 s and grows).
+- mode "auto": a bad verdict on the active version rolls it back (today's
+  behaviour). "propose": it changes nothing and records a proposal that a
+  person approves or dismisses (the guard acts alone after approve_after_s, if
+  set above 0). "off": windows are still recorded (status, metrics) but
+  nothing is judged and nothing is done: no rollback, no canary or shadow
+  verdict, no quality verdict.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 from sidecar.guard.window import WindowStats
 
 _MAX_COUNT = 1_000_000  # any count setting above this is a mistake
+MODES = ("auto", "propose", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,10 @@ class GuardSettings:
     shadow_min_requests: int = 50
     shadow_promote: bool = False
     shadow_queue: int = 64
+    # auto: act; propose: record a proposal for a person; off: record, never act
+    mode: str = "auto"
+    # propose mode: approve a proposal alone after this many seconds (0: never)
+    approve_after_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,10 +110,19 @@ class GuardSettings:
                 raise ValueError(f"guard setting '{name}' must not be negative")
         if self.latency_factor <= 1:
             raise ValueError("latency_factor must be above 1")
+        if self.mode not in MODES:
+            raise ValueError(f"guard setting 'mode' must be one of {', '.join(MODES)},"
+                             f" not {self.mode!r}")
+        if self.approve_after_s < 0:
+            raise ValueError("guard setting 'approve_after_s' must not be negative")
 
 
 def _convert(key: str, kind: Any, value: Any) -> Any:
     name = kind if isinstance(kind, str) else kind.__name__
+    if name == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"guard setting '{key}': {value!r} is not a string")
+        return value.strip().lower()
     try:
         if name == "bool":
             if isinstance(value, str):

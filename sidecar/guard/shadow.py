@@ -11,6 +11,15 @@ agreement over a span promotes it if the model's settings say so.
 Two answers agree when, output by output, they have the same shape and are
 within atol/rtol, or, for classifier-like outputs (floating point, last axis
 longer than 1), pick the same top-1 class in every row.
+
+The same worker runs the quality engine's paired copies (`offer_pair`): a
+share of the active version's requests that carry an id, run on the warm
+previous version, whose answer is handed to the engine for that id (so the
+truth meets both versions' answers). They share the model's `shadow_queue`
+bound; a copy that finds it full is dropped and counted (`pairs`). A copy
+predicted to take less than the data plane's inline budget (--inline-max-us)
+runs on the event loop, as such requests do: handing it to the thread would
+cost several times its compute.
 """
 
 from __future__ import annotations
@@ -18,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -62,19 +72,36 @@ class ShadowCounts:
     since: float = field(default_factory=time.monotonic)
 
 
-#: (the shadow's session, the guard's watch of this run, inputs, outputs asked,
-#: what the active version answered)
-_Copy = tuple[Servable, object, Mapping[str, np.ndarray], list[str], list[np.ndarray]]
+@dataclass(slots=True)
+class PairCounts:
+    """One model's paired copies (for the quality engine) since start."""
+
+    offered: int = 0  # copies queued
+    dropped: int = 0  # the queue was full
+    answered: int = 0  # the previous version answered; handed to the engine
+    failed: int = 0  # the previous version failed, or could not take the request
+    skipped: int = 0  # the previous version was gone by the time the copy ran
+
+
+#: (model, the job the worker awaits)
+_Job = tuple[str, Callable[[], Awaitable[None]]]
+#: Told (model, request id, version, the output's array) for each paired answer.
+PairAnswer = Callable[[str, str, int, np.ndarray], None]
 
 
 class ShadowMirror:
-    def __init__(self, manager: ModelManager, guard: Guard) -> None:
+    def __init__(self, manager: ModelManager, guard: Guard, *, inline_max_us: int = 1000
+                 ) -> None:
         self._manager = manager
         self._guard = guard
-        self._queue: asyncio.Queue[_Copy] = asyncio.Queue()
+        #: paired copies predicted shorter than this run on the loop (as the data
+        #: plane's inline runs): a hand-off to the thread costs more than they do
+        self._inline_max_ns = inline_max_us * 1000
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._waiting: dict[str, int] = {}  # model -> copies queued
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
         self.counts: dict[str, ShadowCounts] = {}
+        self.pairs: dict[str, PairCounts] = {}
         self._task: asyncio.Task[None] | None = None
 
     def counts_for(self, model: str, shadow: Servable) -> ShadowCounts:
@@ -97,19 +124,70 @@ class ShadowMirror:
             self.counts_for(model, servable).dropped += 1
             return
         self._waiting[model] = waiting + 1
-        self._queue.put_nowait((servable, servable.observer, feeds, names, outputs))
+        self._queue.put_nowait((model, partial(self._compare, servable, servable.observer,
+                                               feeds, names, outputs)))
+
+    def offer_pair(self, previous: Servable, request_id: str,
+                   feeds: Mapping[str, np.ndarray], output: str, answer: PairAnswer) -> None:
+        """Queue a copy of an active version's request for the warm `previous`
+        version; `answer` gets its `output` (on the event loop). Never waits: a
+        full queue drops the copy (counted)."""
+        model = previous.model
+        counts = self.pairs.get(model)
+        if counts is None:
+            counts = self.pairs[model] = PairCounts()
+        waiting = self._waiting.get(model, 0)
+        if waiting >= self._guard.model(model).settings.shadow_queue:
+            counts.dropped += 1
+            return
+        self._waiting[model] = waiting + 1
+        counts.offered += 1
+        self._queue.put_nowait((model, partial(self._pair, previous, request_id, feeds, output,
+                                               answer, counts)))
+
+    async def _pair(self, previous: Servable, request_id: str,
+                    feeds: Mapping[str, np.ndarray], output: str, answer: PairAnswer,
+                    counts: PairCounts) -> None:
+        if previous.closed:
+            counts.skipped += 1
+            return
+        signature = previous.signature
+        if output not in signature.output_by_name or set(feeds) != set(signature.input_by_name):
+            counts.failed += 1  # another signature: it cannot answer this request
+            return
+        previous.inflight += 1  # so an unload drains before closing it
+        try:
+            elements = sum(a.size for a in feeds.values()) or 1
+            if previous.stats.ns_per_element * elements < self._inline_max_ns:
+                (array,) = previous.runner.run(feeds, [output])
+            else:
+                (array,) = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, previous.runner.run, feeds, [output])
+        except Exception:  # its failure, or a request its inputs do not fit
+            counts.failed += 1
+            return
+        finally:
+            previous.release()
+        counts.answered += 1
+        answer(previous.model, request_id, previous.number, array)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._work(), name="shadow")
 
     async def _work(self) -> None:
         while True:
-            copy = await self._queue.get()
-            self._waiting[copy[0].model] -= 1
+            model, job = await self._queue.get()
+            self._waiting[model] -= 1
             try:
-                await self._compare(*copy)
+                await job()
             except Exception:  # one bad copy must never end the only worker
-                log.exception("shadow comparison failed", extra={"model": copy[0].model})
+                log.exception("shadow comparison failed", extra={"model": model})
+            finally:
+                self._queue.task_done()
+
+    async def idle(self) -> None:
+        """Wait until every copy queued so far has run (tests, benchmarks)."""
+        await self._queue.join()
 
     async def _compare(self, shadow: Servable, watch: object, feeds: Mapping[str, np.ndarray],
                        names: list[str], outputs: list[np.ndarray]) -> None:
@@ -149,8 +227,8 @@ class ShadowMirror:
                    "dropped": str(counts.dropped), "window_requests": str(stats.requests),
                    "disagreement": f"{stats.error_ratio:.3f}",
                    "max_disagreement": str(settings.shadow_max_disagreement)}
-        if m.entry(shadow.model).pinned:
-            return  # nothing automatic on a pinned model (the counts go on)
+        if m.entry(shadow.model).pinned or settings.mode == "off":
+            return  # nothing automatic on a pinned model, or in mode off (counts go on)
         watch = shadow.observer
         if (stats.requests >= settings.shadow_min_requests
                 and stats.error_ratio > settings.shadow_max_disagreement):

@@ -3,7 +3,9 @@
 `infer` validates a decoded request against the signature of the version it
 runs on, runs it (inline on the event loop when the version is known to be
 fast, else in the bounded inference pool: see docs/design.md), and records
-the outcome. Everything else answers questions from the manager's state.
+the outcome. A successful request that carries an id, for a model with
+quality settings, is told to the quality engine (one dict lookup for every
+other request). Everything else answers questions from the manager's state.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sidecar.loader.onnx import Runner
 from sidecar.loader.signature import Signature
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.servable import Servable
+from sidecar.quality.engine import QualityEngine
 from sidecar.source.repository import parse_version
 
 PLATFORM = "onnxruntime_onnx"
@@ -57,8 +60,14 @@ class DataPlane:
         strict_readiness: bool = True,
         nonfinite: Callable[[str], bool] | None = None,
         mirror: ShadowMirror | None = None,
+        quality: QualityEngine | None = None,
     ) -> None:
         self._manager = manager
+        #: model -> quality state: the models whose answers are remembered (the
+        #: engine's own dict, so a change of settings shows at once)
+        self._remembering: dict[str, Any] = quality.models if quality is not None else {}
+        self._remember: Callable[..., None] = (quality.answered if quality is not None
+                                               else _nothing)
         self._executor = executor
         #: model -> whether non-finite outputs count as failures (the guard's setting)
         self._nonfinite = nonfinite
@@ -295,6 +304,9 @@ class DataPlane:
                 handle.observer.observe(True, end - start)
                 if self._mirror is not None and not request.version:
                     self._mirror.offer(handle.model, feeds, plan.names, arrays)
+            if request.id and handle.model in self._remembering:
+                self._remember(handle, request.id, plan.names, arrays, feeds,
+                               bool(request.version))
             return encoded
         finally:
             handle.release()
@@ -361,6 +373,10 @@ def _public(reason: str) -> str:
     """A reason fit for any client: no server paths, no engine dump, one short line."""
     text = _PATH.sub("<path>", reason.splitlines()[0] if reason else "")
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _nothing(*_: Any) -> None:
+    pass
 
 
 def _timed_run(runner: Runner, feeds: dict[str, np.ndarray], names: list[str]

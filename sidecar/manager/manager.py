@@ -365,10 +365,13 @@ class ModelManager:
                 await self.notify(entry)
 
     async def note(self, model: str, action: str, *, actor: str, reason: str,
-                   version: int = 0, details: dict[str, str] | None = None) -> None:
-        """Record an event that changes no serving state (a skip, a warning)."""
-        await self.journal.record(self.events.make(model, action, actor, reason,
-                                                   to_version=version, details=details))
+                   version: int = 0, details: dict[str, str] | None = None,
+                   from_version: int = 0, from_digest: str = "", to_digest: str = "") -> None:
+        """Record an event that changes no serving state (a skip, a warning, a
+        proposal: `from_*` and `to_*` name the versions it is about)."""
+        await self.journal.record(self.events.make(
+            model, action, actor, reason, from_version=from_version, from_digest=from_digest,
+            to_version=version, to_digest=to_digest, details=details))
 
     # ---- persistence and shutdown ------------------------------------------------------
 

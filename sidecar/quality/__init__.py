@@ -8,6 +8,11 @@ version answers a mirrored share of the requests); `judge.judge_quality`
 decides, with a test valid under continuous monitoring, whether the active
 version is worse than the previous one. Pure Python and numpy: knows nothing
 of gRPC, protobuf or onnxruntime.
+
+`engine.QualityEngine` (not imported here: it depends on the manager and the
+guard) wires these to the server: the data plane's remembering, the shadow
+mirror's paired copies, feedback, the guard's verdicts, and the figures of
+the control surface (`compare`, feedback counts, quality values).
 """
 
 from sidecar.quality.config import QualityConfig, parse_quality

@@ -34,6 +34,7 @@ why:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -175,3 +176,41 @@ def _number(obj: dict[Any, Any], key: str, default: float) -> float:
     if not math.isfinite(result):
         raise ValueError(f"quality.{key} must be a finite number, not {value!r}")
     return result
+
+
+#: Commands set quality keys among the guard's settings (`ctl guard MODEL
+#: quality.metric=recall`): "quality.<key>" overrides that key of the file's
+#: object; "quality" = "off" turns quality off, "on" turns it on (defaults).
+OVERRIDE_PREFIX = "quality"
+
+
+def is_quality_override(key: str) -> bool:
+    return key == OVERRIDE_PREFIX or key.startswith(OVERRIDE_PREFIX + ".")
+
+
+def with_overrides(obj: object, overrides: dict[str, str]) -> object:
+    """The "quality" object in effect: the file's (`obj`, None if it has none) with a
+    command's quality keys applied; None when quality is off. Values are read as
+    JSON when they parse ("200", "0.8", "null"), else as strings ("SCORES").
+    Raises ValueError for an unknown switch value."""
+    keys = {k: v for k, v in overrides.items() if is_quality_override(k)}
+    if not keys:
+        return obj
+    switch = keys.pop(OVERRIDE_PREFIX, None)
+    if switch is not None and switch not in ("on", "off"):
+        raise ValueError(f"quality must be 'on' or 'off', not {switch!r}")
+    if switch == "off":
+        return None
+    if obj is not None and not isinstance(obj, dict):
+        return obj  # the file's mistake, reported by parse_quality
+    merged = dict(obj) if obj is not None else {}
+    for key, text in keys.items():
+        merged[key[len(OVERRIDE_PREFIX) + 1:]] = _json_value(text)
+    return merged
+
+
+def _json_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -10,12 +10,14 @@ a few rows of labels or scores each, more for regression outputs).
 Several versions may answer the same id (the active one, and the previous
 one through the shadow mirror); each version's first answer is kept. `take`
 hands over all of them and forgets the id, so a truth counts once: a second
-feedback for the same id finds nothing. A shadow answer that comes after the
-truth was taken starts a new entry that no truth will meet; it ages out.
+feedback for the same id finds nothing. The mirror adds its answer with
+`join`, which keeps nothing for an id no longer held (its truth came first,
+or it expired), so the first answer of an entry is always the one the client
+got.
 
 Not thread-safe, by design (a lock would double remember's cost): every call
-must come from the event loop's thread. The shadow worker hands its answers
-over with `loop.call_soon_threadsafe(memory.remember, ...)`.
+must come from the event loop's thread. The shadow worker runs its copies in
+a thread but hands their answers over on the loop (it awaits them there).
 """
 
 from __future__ import annotations
@@ -85,6 +87,25 @@ class AnswerMemory:
             if memory.answers.get(old_id) is old:
                 del memory.answers[old_id]
                 memory.counts.evicted += 1
+
+    def join(self, model: str, request_id: str, version: int, answer: Answer) -> bool:
+        """Add `version`'s answer to an id still held (the mirrored copy's answer);
+        False, and nothing kept, if the id is unknown, expired or already taken: an
+        answer no truth can meet any more is not worth its memory."""
+        memory = self._models.get(model)
+        entry = memory.answers.get(request_id) if memory is not None else None
+        if entry is None or entry[0] < self._clock() - self.max_age_s:
+            return False
+        entry[1].setdefault(version, answer)
+        return True
+
+    def peek(self, model: str, request_id: str) -> dict[int, Answer] | None:
+        """Every version's answer for the id, kept (None if unknown or expired)."""
+        memory = self._models.get(model)
+        entry = memory.answers.get(request_id) if memory is not None and request_id else None
+        if entry is None or entry[0] < self._clock() - self.max_age_s:
+            return None
+        return entry[1]
 
     def take(self, model: str, request_id: str) -> dict[int, Answer] | None:
         """Every version's answer for the id, forgetting it; None if unknown or expired."""

@@ -48,11 +48,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from statistics import NormalDist
 
 import numpy as np
 
-from sidecar.quality.config import QualityConfig
+from sidecar.quality.config import METRICS, QualityConfig
 from sidecar.quality.score import FloatArray, IntArray, Outcomes
 
 CLASS_CAP = 1000
@@ -363,6 +364,19 @@ class MetricTally:
         else:
             values = u
         return float(values.mean()), z * math.sqrt(float(var.sum())) / classes
+
+    def view(self, metric: str) -> MetricTally:
+        """The same counts read as another metric of the task (accuracy, recall,
+        precision and f1 share their counts; so do mae and rmse). A snapshot for
+        reading: it shares the arrays, so read it before more rows are added."""
+        if metric not in METRICS[self.config.task]:
+            raise ValueError(f"metric {metric!r} is not one of task {self.config.task!r}")
+        other = MetricTally(replace(self.config, metric=metric), version=self.version,
+                            class_cap=self._cap)
+        other.rows, other.correct, other.nonfinite = self.rows, self.correct, self.nonfinite
+        other._tp, other._support, other._predicted = self._tp, self._support, self._predicted
+        other._abs, other._sq = self._abs, self._sq
+        return other
 
     def describe(self) -> dict[str, object]:
         """Plain JSON figures: metric, value, rows, fixed-sample interval."""

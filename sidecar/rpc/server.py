@@ -1,11 +1,15 @@
 """Assemble the two gRPC servers.
 
-- inference (`--listen`): the Open Inference Protocol, health, reflection;
+- inference (`--listen`): the Open Inference Protocol, feedback (ground truth
+  for answers given: sidecar.feedback.v1.Feedback), health, reflection;
   repository changes (RepositoryModelLoad/Unload) are refused here.
 - control (`--control-listen`, loopback by default): ModelControl, the full
-  inference service (so tritonclient's load_model/unload_model work), health
-  and reflection, behind the bearer token when one is set, and mutual TLS when
-  a client CA is given.
+  inference service (so tritonclient's load_model/unload_model work),
+  feedback, health and reflection, behind the bearer token when one is set,
+  and mutual TLS when a client CA is given.
+
+Feedback has no health status of its own: it is answered whenever the server
+runs (a model without a serving version answers its ids as unmatched).
 """
 
 from __future__ import annotations
@@ -21,16 +25,25 @@ from grpc_reflection.v1alpha import reflection
 
 from sidecar.handlers.control import ControlPlane
 from sidecar.handlers.dataplane import DataPlane
+from sidecar.handlers.feedback import FeedbackPlane
 from sidecar.rpc import control
 from sidecar.rpc.auth import BearerTokenInterceptor
 from sidecar.rpc.dataplane import InferenceServicer
 from sidecar.rpc.decoding import add_lenient
-from sidecar.rpc.proto import control_pb2, inference_pb2, inference_pb2_grpc
+from sidecar.rpc.feedback import FeedbackServicer
+from sidecar.rpc.proto import (
+    control_pb2,
+    feedback_pb2,
+    feedback_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["ModelControl"].full_name
+FEEDBACK_SERVICE = feedback_pb2.DESCRIPTOR.services_by_name["Feedback"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -110,10 +123,20 @@ def _add_common(server: grpc.aio.Server, names: tuple[str, ...]) -> health.aio.H
     return health_servicer
 
 
+def _add_feedback(server: grpc.aio.Server, feedback: FeedbackPlane | None) -> tuple[str, ...]:
+    """Register the feedback service (if there is one); the names it adds."""
+    if feedback is None:
+        return ()
+    add_lenient(feedback_pb2_grpc.add_FeedbackServicer_to_server, FeedbackServicer(feedback),
+                server)
+    return (FEEDBACK_SERVICE,)
+
+
 def build_inference_server(
     plane: DataPlane, *, listen: str, max_message_bytes: int, max_concurrent_rpcs: int,
     session_options: dict[str, str], credentials: Any = None,
     outcomes: dict[tuple[str, str], int] | None = None, access_log: bool = False,
+    feedback: FeedbackPlane | None = None,
 ) -> Listener:
     server = _server(max_message_bytes=max_message_bytes,
                      max_concurrent_rpcs=max_concurrent_rpcs)
@@ -121,7 +144,8 @@ def build_inference_server(
     add_lenient(inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
                 InferenceServicer(plane, session_options, repository_control=False,
                                   outcomes=outcomes, access_log=access_log), server)
-    health_servicer = _add_common(server, (INFERENCE_SERVICE,))
+    names = _add_feedback(server, feedback)
+    health_servicer = _add_common(server, (INFERENCE_SERVICE, *names))
     _, address = _bind(server, listen, credentials)
     return Listener(server, health_servicer, address)
 
@@ -129,7 +153,7 @@ def build_inference_server(
 def build_control_server(
     plane: DataPlane, control_plane: ControlPlane, *, listen: str, max_message_bytes: int,
     session_options: dict[str, str], token: str = "", credentials: Any = None,
-    outcomes: dict[tuple[str, str], int] | None = None,
+    outcomes: dict[tuple[str, str], int] | None = None, feedback: FeedbackPlane | None = None,
 ) -> Listener:
     interceptors = (BearerTokenInterceptor(token),) if token else ()
     server = _server(max_message_bytes=max_message_bytes, interceptors=interceptors)
@@ -137,6 +161,7 @@ def build_control_server(
     add_lenient(inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
                 InferenceServicer(plane, session_options, repository_control=True,
                                   outcomes=outcomes), server)
-    health_servicer = _add_common(server, (CONTROL_SERVICE, INFERENCE_SERVICE))
+    names = _add_feedback(server, feedback)
+    health_servicer = _add_common(server, (CONTROL_SERVICE, INFERENCE_SERVICE, *names))
     _, address = _bind(server, listen, credentials)
     return Listener(server, health_servicer, address)
