@@ -320,6 +320,11 @@ class Guard:
         if guard is None or guard.pending or guard.settings.mode == "off":
             return
         if servable is guard.watched:
+            if ok and window.total % _LATENCY_EVERY:
+                # A success cannot newly break the error rules (bar a window entry
+                # expiring, seen at the next check): successes are judged with
+                # the latency rule, every _LATENCY_EVERY outcomes; failures at once.
+                return
             entry = self._manager.entry(servable.model)
             if self._wall() > entry.probation_until:
                 guard.watched = None  # trusted from now on

@@ -27,7 +27,6 @@ from sidecar.guard.shadow import ShadowMirror
 from sidecar.handlers.types import (
     IndexEntry,
     InferInput,
-    InferOutput,
     InferRequest,
     InferResult,
     ModelMetadata,
@@ -278,18 +277,15 @@ class DataPlane:
                 # statistics and the guard's events keep the failure.
                 raise ModelExecutionError(f"{handle.label} failed: {_public(str(exc))}"
                                           ) from exc
-            if self._nonfinite is not None and plan.floats and self._nonfinite(handle.model):
+            if plan.floats and self._nonfinite is not None and self._nonfinite(handle.model):
                 bad = _non_finite(plan.names, arrays)
                 if bad and not _non_finite(list(feeds), list(feeds.values())):
                     self._failed(handle, start)
                     raise ModelExecutionError(f"{handle.label} produced non-finite values"
                                               f" in output '{bad}'")
-            result = InferResult(request.model, handle.version_text, request.id, [
-                InferOutput(name, datatype, array)
-                for name, datatype, array in zip(plan.names, plan.datatypes, arrays,
-                                                 strict=True)], plan)
-            if plan.text_out and any(o.data.size > _INLINE_BYTES_ELEMENTS
-                                     for o in result.outputs):
+            result = InferResult(request.model, handle.version_text, request.id, plan.names,
+                                 plan.datatypes, arrays, plan)
+            if plan.text_out and any(a.size > _INLINE_BYTES_ELEMENTS for a in arrays):
                 # BYTES are encoded element by element: not on the loop
                 encoded = await asyncio.get_running_loop().run_in_executor(
                     self._executor, encode, result)
@@ -298,10 +294,10 @@ class DataPlane:
             end = time.perf_counter_ns()
             handle.stats.record_success(
                 end - start, infer_ns, plan.rows or 1, plan.elements,
-                input_ns=before - start, output_ns=end - ran, queue_ns=queued_ns,
-                executions=0 if batched else 1, end_ns=end)
-            if handle.observer is not None:
-                handle.observer.observe(True, end - start)
+                before - start, end - ran, queued_ns, 0 if batched else 1, end)
+            observer = handle.observer
+            if observer is not None:
+                observer.observe(True, end - start)
                 if self._mirror is not None and not request.version:
                     self._mirror.offer(handle.model, feeds, plan.names, arrays)
             if request.id and handle.model in self._remembering:

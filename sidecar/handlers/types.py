@@ -54,18 +54,16 @@ class InferRequest:
 
 
 @dataclass(slots=True)
-class InferOutput:
-    name: str
-    datatype: str
-    data: np.ndarray
-
-
-@dataclass(slots=True)
 class InferResult:
+    """An answer: the outputs `names` (in the order asked), their V2 datatypes and
+    arrays, from the version `version` of `model`."""
+
     model: str
     version: str
     id: str
-    outputs: list[InferOutput]
+    names: list[str]
+    datatypes: tuple[str, ...]
+    arrays: list[np.ndarray]
     #: The data plane's plan for the request (hashable, one per layout and
     #: session): answers of one plan share their metadata. None: not known.
     plan: Any = None

@@ -151,7 +151,8 @@ class Runner:
         if self._text_inputs:
             feeds = {k: _as_text(k, v) if k in self._text_inputs else v for k, v in feeds.items()}
         try:
-            result: list[np.ndarray] = session.run(outputs or self._output_names, dict(feeds))
+            result: list[np.ndarray] = session.run(
+                outputs or self._output_names, feeds if type(feeds) is dict else dict(feeds))
         except Exception as exc:  # onnxruntime raises several unrelated classes
             raise ModelExecutionError(one_line(exc)) from exc
         return result

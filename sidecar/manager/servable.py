@@ -62,20 +62,24 @@ class VersionStats:
     #: Dynamic batches by size (rows): how many ran, and their compute time.
     batches: dict[int, Duration] = field(default_factory=dict)
 
-    def record_success(self, total_ns: int, infer_ns: int, batch: int, elements: int = 1, *,
+    def record_success(self, total_ns: int, infer_ns: int, batch: int, elements: int = 1,
                        input_ns: int = 0, output_ns: int = 0, queue_ns: int = 0,
                        executions: int = 1, end_ns: int = 0) -> None:
         """One answered request: `total_ns` from its arrival to its encoded answer.
         `executions` 0: it ran in a dynamic batch, which counts its own run."""
-        self.success.count += 1
-        self.success.ns += total_ns
+        success = self.success
+        success.count += 1
+        success.ns += total_ns
         self.latency.record(total_ns)
-        self.compute_infer.count += 1
-        self.compute_infer.ns += infer_ns
-        self.compute_input.count += 1
-        self.compute_input.ns += input_ns
-        self.compute_output.count += 1
-        self.compute_output.ns += output_ns
+        compute = self.compute_infer
+        compute.count += 1
+        compute.ns += infer_ns
+        compute = self.compute_input
+        compute.count += 1
+        compute.ns += input_ns
+        compute = self.compute_output
+        compute.count += 1
+        compute.ns += output_ns
         if queue_ns:
             self.queue.count += 1
             self.queue.ns += queue_ns

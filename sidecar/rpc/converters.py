@@ -191,24 +191,25 @@ _MAX_SKELETONS = 1024
 
 
 def infer_response(result: InferResult) -> pb.ModelInferResponse:
-    shapes = tuple(out.data.shape for out in result.outputs)
-    key = (result.plan, shapes)
-    skeleton = _SKELETONS.get(key) if result.plan is not None else None
+    arrays = result.arrays
+    shapes = tuple(a.shape for a in arrays)
+    plan = result.plan
+    skeleton = _SKELETONS.get((plan, shapes)) if plan is not None else None
     if skeleton is None:
         skeleton = pb.ModelInferResponse(model_name=result.model, model_version=result.version)
-        for out, shape in zip(result.outputs, shapes, strict=True):
-            skeleton.outputs.add(name=out.name, datatype=out.datatype, shape=shape)
-        if result.plan is not None:
+        for name, datatype, shape in zip(result.names, result.datatypes, shapes, strict=True):
+            skeleton.outputs.add(name=name, datatype=datatype, shape=shape)
+        if plan is not None:
             if len(_SKELETONS) >= _MAX_SKELETONS:
                 _SKELETONS.clear()
-            _SKELETONS[key] = skeleton
+            _SKELETONS[(plan, shapes)] = skeleton
     response = pb.ModelInferResponse()
     response.CopyFrom(skeleton)
     if result.id:
         response.id = result.id
-    raw = response.raw_output_contents
-    for out in result.outputs:
-        raw.append(encode_raw(out.datatype, out.data))
+    response.raw_output_contents.extend(
+        [encode_raw(datatype, array) for datatype, array in zip(result.datatypes, arrays,
+                                                                 strict=True)])
     return response
 
 
