@@ -170,8 +170,6 @@ class DataPlane:
         """The checked inputs' arrays. Raw numeric tensors came decoded (views of
         the message); a large BYTES tensor (decoded element by element in Python)
         is decoded in the pool, so the event loop keeps answering."""
-        if request.decoded:
-            return {t.name: t.data for t in request.inputs}  # type: ignore[misc]
         feeds: dict[str, np.ndarray] = {}
         for tensor in request.inputs:
             if tensor.data is None and tensor.datatype == "BYTES" and (
@@ -254,7 +252,11 @@ class DataPlane:
             plan = handle.plans.get(key)
             if plan is None:
                 plan = _plan(handle, request, key)
-            feeds = await self._feeds(request, plan)
+            feeds: dict[str, np.ndarray]
+            if request.decoded:  # raw numeric tensors: views made by the rpc layer
+                feeds = {t.name: t.data for t in request.inputs}  # type: ignore[misc]
+            else:
+                feeds = await self._feeds(request, plan)
             before = time.perf_counter_ns()
             try:
                 if handle.batcher is None and \

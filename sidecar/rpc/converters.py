@@ -89,15 +89,9 @@ def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
         inputs.append(_slow_input(msg, index, tensor, datatype, shape))
         decoded = False
     outputs = [o.name for o in msg.outputs] if msg.outputs else []
-    return InferRequest(
-        model=msg.model_name,
-        version=msg.model_version,
-        id=msg.id,
-        inputs=inputs,
-        outputs=outputs,
-        key=(tuple(key), tuple(outputs)),
-        decoded=decoded,
-    )
+    # positional: the fields' order in InferRequest
+    return InferRequest(msg.model_name, msg.model_version, msg.id, inputs, outputs,
+                        (tuple(key), tuple(outputs)), decoded)
 
 
 def _slow_input(msg: pb.ModelInferRequest, index: int, tensor: Any, datatype: str,
