@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/sidecar-profile"))
     parser.add_argument("--minimal", action="store_true", help="profile the minimal server")
+    parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
     parser.add_argument("sidecar_args", nargs="*")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sidecar-prof-") as tmp:
@@ -38,7 +39,7 @@ def main() -> int:
                 begin = time.monotonic() + 0.2
                 pool.start(srv.address, Plan(begin, begin + args.seconds + 3, in_flight=16))
                 time.sleep(1.5)
-                subprocess.run([args.py_spy, "record", "--nonblocking", "-r", "1000",
+                subprocess.run([args.py_spy, "record", *(["--native"] if args.native else ["--nonblocking"]), "-r", "1000",
                                 "-d", str(int(args.seconds)), "-p", str(srv.pid), "-f", "raw",
                                 "-o", str(args.out) + ".txt"], check=True)
                 samples = pool.collect()
