@@ -39,7 +39,8 @@ def main() -> int:
                 begin = time.monotonic() + 0.2
                 pool.start(srv.address, Plan(begin, begin + args.seconds + 3, in_flight=16))
                 time.sleep(1.5)
-                subprocess.run([args.py_spy, "record", *(["--native"] if args.native else ["--nonblocking"]), "-r", "1000",
+                mode = ["--native"] if args.native else ["--nonblocking"]
+                subprocess.run([args.py_spy, "record", *mode, "-r", "1000",
                                 "-d", str(int(args.seconds)), "-p", str(srv.pid), "-f", "raw",
                                 "-o", str(args.out) + ".txt"], check=True)
                 samples = pool.collect()

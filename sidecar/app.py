@@ -310,7 +310,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         plane, control_plane, listen=settings.control_listen,
         max_message_bytes=settings.max_message_bytes, session_options=options, token=token,
         credentials=control_credentials, outcomes=outcomes, feedback=feedback)
-    collector = metrics.SidecarCollector(manager, outcomes, events, guard, mirror)
+    collector = metrics.SidecarCollector(manager, outcomes, events, guard, mirror,
+                                         quality=quality)
     listeners = (inference, control)
 
     async def set_server_health(ready: bool) -> None:

@@ -25,6 +25,8 @@ from sidecar.rpc.proto import control_pb2 as pb
 from sidecar.rpc.proto import control_pb2_grpc as pb_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:8002"
+#: The guard's modes (sidecar.guard.rules.MODES; not imported: ctl stays light).
+GUARD_MODES = ("auto", "propose", "off")
 
 #: Exit codes by gRPC status (anything else: 1).
 EXIT_CODES: dict[grpc.StatusCode, int] = {
@@ -121,6 +123,23 @@ def add_parser(sub: Any) -> None:
     p.add_argument("set", nargs="*", metavar="KEY=VALUE",
                    help="settings to change (docs/guard.md), e.g. max_error_ratio=0.05")
     p.add_argument("--reset", action="store_true", help="drop settings set by command first")
+    p.add_argument("--mode", choices=GUARD_MODES,
+                   help="auto: roll back; propose: ask a person (proposals, approve,"
+                   " dismiss); off: judge nothing (= mode=MODE)")
+    p.add_argument("--approve-after", type=float, metavar="SECONDS",
+                   help="mode propose: approve alone after this long; 0: never"
+                   " (= approve_after_s=SECONDS)")
+    p = commands.add_parser("compare", help="loaded versions side by side, quality included")
+    p.add_argument("model")
+    p = commands.add_parser("proposals", help="rollbacks the guard proposes (mode propose)")
+    p.add_argument("model", nargs="?", default="", help="one model's; omitted: every model's")
+    for name, text in (("approve", "carry out a model's rollback proposal (and quarantine)"),
+                       ("dismiss", "keep serving; the same evidence is not proposed again")):
+        p = commands.add_parser(name, help=text)
+        p.add_argument("model")
+        p.add_argument("--proposal", default="", metavar="ID",
+                       help="refuse unless this is the proposal waiting")
+        p.add_argument("--reason", default="")
     p = commands.add_parser("canary", help="send a share of requests to a candidate")
     p.add_argument("model")
     p.add_argument("version")
@@ -268,6 +287,87 @@ def _guard_text(r: pb.GuardResponse) -> str:
     return "\n".join(lines)
 
 
+def compare_json(r: pb.CompareResponse) -> dict[str, Any]:
+    """`compare --json`: per version the keys of `sidecar.quality.engine.describe_row`,
+    each metric under its name (`accuracy`, `recall`, ...: value, samples, interval,
+    configured); numbers are JSON numbers, an unknown value null."""
+    versions: list[dict[str, Any]] = []
+    for v in r.versions:
+        row: dict[str, Any] = {
+            "version": v.version, "role": v.role, "digest": v.digest, "requests": v.requests,
+            "errors": v.errors, "error_ratio": v.error_ratio, "p50_ms": v.p50_ms,
+            "p99_ms": v.p99_ms, "matched": v.matched, "mirrored": v.mirrored,
+            "invalid": v.invalid, "reward_count": v.reward_count, "reward_sum": v.reward_sum,
+            "paired": v.paired,
+            "agreement": v.agreement if v.HasField("agreement") else None,
+            "agreement_rows": v.agreement_rows, "favoured": v.favoured,
+            "favour_reason": r.favour_reason}
+        for m in v.metrics:
+            row[m.name] = {
+                "value": m.value if m.HasField("value") else None, "samples": m.samples,
+                "interval": [m.interval.low, m.interval.high] if m.HasField("interval")
+                else None,
+                "configured": m.configured}
+        versions.append(row)
+    return {"model": r.model, "metric": r.metric, "quality": r.quality,
+            "favoured_version": r.favoured_version, "favour_reason": r.favour_reason,
+            "feedback": dict(sorted(r.feedback.items())), "versions": versions}
+
+
+def _figure_text(m: pb.MetricFigure | None) -> str:
+    if m is None or not m.HasField("value"):
+        return "-"
+    interval = f" [{m.interval.low:.3g}, {m.interval.high:.3g}]" if m.HasField("interval") \
+        else ""
+    return f"{m.value:.4g}{interval} n={m.samples}"
+
+
+#: Feedback figures on the summary line of `compare` (all of them are in --json).
+_FEEDBACK_SHOWN = ("received", "matched", "unmatched", "invalid", "paired")
+
+
+def _compare_text(r: pb.CompareResponse) -> str:
+    """A row per loaded version, `*` on the one the evidence favours; a metric's cell
+    is its value, interval and rows with truth."""
+    names = [m.name for m in r.versions[0].metrics] if r.versions else []
+    rows = [["", "VERSION", "ROLE", "REQUESTS", "ERRORS", "P50 MS", "P99 MS",
+             *(n.upper() for n in names), "AGREEMENT"]]
+    for v in r.versions:
+        figures = {m.name: m for m in v.metrics}
+        agreement = f"{v.agreement:.1%} of {v.agreement_rows}" if v.HasField("agreement") \
+            else "-"
+        rows.append(["*" if v.favoured else "", str(v.version), v.role, str(v.requests),
+                     f"{v.errors} ({v.error_ratio:.1%})", f"{v.p50_ms:.2f}", f"{v.p99_ms:.2f}",
+                     *(_figure_text(figures.get(n)) for n in names), agreement])
+    lines = [f"{r.model}: quality {r.quality or 'off'}", _table(rows)]
+    if r.favoured_version:
+        lines.append(f"favoured (*): version {r.favoured_version}: {r.favour_reason}")
+    else:
+        lines.append(f"favoured: none: {r.favour_reason}")
+    if r.metric:
+        lines.append("feedback: " + ", ".join(f"{k} {r.feedback.get(k, 0)}"
+                                              for k in _FEEDBACK_SHOWN))
+    return "\n".join(lines)
+
+
+def _proposals_table(proposals: Sequence[pb.Proposal]) -> str:
+    if not proposals:
+        return "no proposals waiting"
+    rows = [["MODEL", "PROPOSAL", "ROLLBACK", "RULE", "PROPOSED", "APPROVE AT", "REASON"]]
+    rows += [[p.model, p.id, f"{_ref(p.from_version)} -> {_ref(p.to_version)}", p.rule,
+              _when(p.time), _when(p.approve_at), p.reason] for p in proposals]
+    return _table(rows)
+
+
+def _decision_line(r: pb.DecisionResponse) -> str:
+    p = r.proposal
+    if r.approved:
+        return (f"{_swap_line(r.swap)}; approved proposal {p.id} ({p.rule}) by {r.actor};"
+                f" quarantined {r.quarantined[:12]}")
+    return (f"{p.model}: dismissed proposal {p.id} ({p.rule}) by {r.actor};"
+            f" {_ref(p.from_version)} serves on")
+
+
 class UsageError(Exception):
     """A command line that parses but cannot be sent."""
 
@@ -337,6 +437,13 @@ def _run(args: argparse.Namespace, stub: pb_grpc.ModelControlStub, call: Caller)
         bad = [item for item in args.set if "=" not in item]
         if bad:
             raise UsageError(f"expected KEY=VALUE, got {' '.join(bad)}")
+        for key, given, option in (("mode", args.mode, "--mode"),
+                                   ("approve_after_s", args.approve_after, "--approve-after")):
+            if given is None:
+                continue
+            if key in changes:
+                raise UsageError(f"{option} and {key}=... both given; use one")
+            changes[key] = given if isinstance(given, str) else repr(given)
         if changes or args.reset:
             r = call(stub.SetGuard, pb.SetGuardRequest(model=args.model, settings=changes,
                                                        reset=args.reset, actor=args.actor))
@@ -374,6 +481,18 @@ def _run(args: argparse.Namespace, stub: pb_grpc.ModelControlStub, call: Caller)
         out(json.dumps(_dict(r)) if args.json else
             f"{command}d {r.digest[:12]}; quarantined now: "
             + (", ".join(d[:12] for d in sorted(r.quarantine)) or "none"))
+    elif command == "compare":
+        r = call(stub.Compare, pb.CompareRequest(model=args.model))
+        out(json.dumps(compare_json(r)) if args.json else _compare_text(r))
+    elif command == "proposals":
+        r = call(stub.ListProposals, pb.ListProposalsRequest(model=args.model))
+        out(json.dumps(_dict(r)) if args.json else _proposals_table(r.proposals))
+    elif command in {"approve", "dismiss"}:
+        method = stub.Approve if command == "approve" else stub.Dismiss
+        kind = pb.ApproveRequest if command == "approve" else pb.DismissRequest
+        r = call(method, kind(model=args.model, actor=args.actor, reason=args.reason,
+                              proposal_id=args.proposal))
+        out(json.dumps(_dict(r)) if args.json else _decision_line(r))
     elif command == "events":
         _events(args, stub, call)
 

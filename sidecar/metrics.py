@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -33,6 +33,9 @@ from sidecar.guard.shadow import ShadowMirror
 from sidecar.manager.latency import BOUNDS
 from sidecar.manager.manager import ModelManager
 from sidecar.state.events import EventLog
+
+if TYPE_CHECKING:
+    from sidecar.quality.engine import QualityEngine
 
 log = logging.getLogger("sidecar.metrics")
 
@@ -58,12 +61,14 @@ def _coarse(counts: list[int]) -> list[tuple[str, float]]:
 
 class SidecarCollector(Collector):
     def __init__(self, manager: ModelManager, outcomes: Mapping[tuple[str, str], int],
-                 events: EventLog, guard: Guard | None, mirror: ShadowMirror | None) -> None:
+                 events: EventLog, guard: Guard | None, mirror: ShadowMirror | None,
+                 quality: QualityEngine | None = None) -> None:
         self._manager = manager
         self._outcomes = outcomes
         self._events = events
         self._guard = guard
         self._mirror = mirror
+        self._quality = quality
 
     def collect(self) -> Iterator[Any]:
         info = InfoMetricFamily("sidecar_build", "The sidecar's version.")
@@ -73,6 +78,7 @@ class SidecarCollector(Collector):
         yield from self._versions()
         yield from self._changes()
         yield from self._candidates()
+        yield from self._judging()
 
     def _requests(self) -> Iterator[Any]:
         codes = CounterMetricFamily(
@@ -164,6 +170,37 @@ class SidecarCollector(Collector):
                                       getattr(counts, figure))
         yield window
         yield shadow
+
+
+    def _judging(self) -> Iterator[Any]:
+        """Quality on ground truth (docs/quality.md) and the guard's proposals."""
+        value = GaugeMetricFamily(
+            "sidecar_quality", "The configured quality metric of a loaded version, on the"
+            " rows whose truth met its answers (accuracy, recall, ..., mae, rmse).",
+            labels=["model", "version", "metric"])
+        samples = GaugeMetricFamily(
+            "sidecar_quality_samples", "Rows with truth behind sidecar_quality.",
+            labels=["model", "version", "metric"])
+        feedback = CounterMetricFamily(
+            "sidecar_feedback", "Feedback items by outcome: matched (by the version that"
+            " answered the client), unmatched (unknown or expired id; version 0), invalid"
+            " (version 0 when refused before the id matched).",
+            labels=["model", "version", "outcome"])
+        proposals = GaugeMetricFamily(
+            "sidecar_proposals", "1 while a rollback proposal (guard mode propose) waits"
+            " for a person.", labels=["model"])
+        if self._quality is not None:
+            for q in self._quality.quality_values():
+                labels = [q.model, str(q.version), q.metric]
+                value.add_metric(labels, q.value)
+                samples.add_metric(labels, q.samples)
+            for c in self._quality.feedback_counts():
+                feedback.add_metric([c.model, str(c.version), c.outcome], c.items)
+        if self._guard is not None:
+            for entry in self._manager.entries():
+                waiting = self._guard.proposal(entry.name) is not None
+                proposals.add_metric([entry.name], 1 if waiting else 0)
+        yield from (value, samples, feedback, proposals)
 
 
 def registry(collector: SidecarCollector) -> CollectorRegistry:

@@ -1,6 +1,7 @@
 """The control-plane operations, transport-free: views of models and versions,
 and the commands (load, activate, rollback, unload, pin), each with an actor
-and a reason for the event log."""
+and a reason for the event log; versions side by side (compare) and the guard's
+proposals (list, approve, dismiss)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from sidecar import __version__
 from sidecar.errors import FailedPreconditionError, InvalidInputError, UnavailableError
-from sidecar.guard.guard import Guard
+from sidecar.guard.guard import Decision, Guard, Proposal
 from sidecar.guard.shadow import ShadowMirror
 from sidecar.handlers.versionmeta import iso8601
 from sidecar.loader.onnx import OnnxMeta
@@ -20,6 +21,7 @@ from sidecar.loader.signature import TensorSpec
 from sidecar.manager.entry import ModelEntry, SwapResult
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.version import ModelVersion
+from sidecar.quality.engine import CompareRow, QualityEngine
 from sidecar.state.events import Event
 
 _ACTOR = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -100,6 +102,19 @@ class VersionView:
 
 
 @dataclass(frozen=True, slots=True)
+class CompareView:
+    """Every loaded version of a model side by side (`QualityEngine.compare`)."""
+
+    model: str
+    rows: tuple[CompareRow, ...]
+    favoured: int  # the version the evidence favours; 0: none
+    favour_reason: str
+    metric: str  # the configured quality metric; "" without quality settings
+    quality: str  # the quality settings in one line, or "off (why)"
+    feedback: dict[str, int]  # the model's feedback figures (QualityEngine.counts)
+
+
+@dataclass(frozen=True, slots=True)
 class StatusView:
     version: str
     ready: bool
@@ -132,6 +147,8 @@ def _ref(version: ModelVersion | None) -> Ref | None:
 #: refused, so no client can bloat the history or the memory that pages it.
 MAX_REASON = 1024
 MAX_GUARD_TEXT = 64
+#: Longest proposal id a command may name (the guard's are 12 hex characters).
+MAX_PROPOSAL_ID = 64
 
 
 def check_reason(reason: str) -> str:
@@ -152,6 +169,13 @@ def check_actor(actor: str, default: str) -> str:
     if actor in RESERVED_ACTORS:
         raise InvalidInputError(f"actor '{actor}' is the sidecar's own; pick another name")
     return actor
+
+
+def _check_proposal_id(proposal_id: str) -> str:
+    if len(proposal_id) > MAX_PROPOSAL_ID:
+        raise InvalidInputError(f"proposal id is {len(proposal_id)} characters; at most"
+                                f" {MAX_PROPOSAL_ID}")
+    return proposal_id
 
 
 class ControlPlane:
@@ -273,6 +297,48 @@ class ControlPlane:
         await self._manager.set_guard(model, merged, actor=check_actor(actor, "rpc"))
         guard.reload(model)
         return self.guard_view(model)
+
+    # ---- quality and proposals ---------------------------------------------------
+
+    def _need_quality(self) -> QualityEngine:
+        engine = self._need_guard().quality
+        if engine is None:
+            raise FailedPreconditionError("quality judging is not running in this server")
+        return engine
+
+    def compare(self, model: str) -> CompareView:
+        """One row per loaded version (NotFoundError for an unknown model); a model
+        without quality settings gets its rows without metrics."""
+        engine = self._need_quality()
+        rows = tuple(engine.compare(model))
+        favoured, why = engine.favoured(model)  # what the rows' flags say, once more
+        config = engine.config(model)
+        return CompareView(model, rows, favoured, why, config.metric if config else "",
+                           engine.status(model).get("quality", ""), engine.counts(model))
+
+    def proposals(self, model: str = "") -> list[Proposal]:
+        """The proposals waiting for a person: the model's (NotFoundError if it is
+        unknown), or every model's."""
+        guard = self._need_guard()
+        if not model:
+            return guard.proposals()
+        self._manager.entry(model)
+        proposal = guard.proposal(model)
+        return [proposal] if proposal is not None else []
+
+    async def approve(self, model: str, *, actor: str, reason: str, proposal_id: str
+                      ) -> Decision:
+        """Roll back and quarantine as the guard would have, by `actor`."""
+        return await self._need_guard().approve(
+            model, check_actor(actor, "rpc"), reason=check_reason(reason),
+            proposal_id=_check_proposal_id(proposal_id))
+
+    async def dismiss(self, model: str, *, actor: str, reason: str, proposal_id: str
+                      ) -> Decision:
+        """Keep serving; the same evidence is not proposed again."""
+        return await self._need_guard().dismiss(
+            model, check_actor(actor, "rpc"), reason=check_reason(reason),
+            proposal_id=_check_proposal_id(proposal_id))
 
     async def start_candidate(self, model: str, ref: str, *, kind: str, weight_percent: float,
                               force: bool, actor: str, reason: str) -> CandidateView:

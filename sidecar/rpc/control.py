@@ -127,6 +127,30 @@ class ControlServicer(pb_grpc.ModelControlServicer):
             request.version, actor=request.actor, reason=request.reason)
         return pb.QuarantineResponse(digest=digest, quarantine=table)
 
+    @guarded
+    async def Compare(self, request: Any, context: Context) -> pb.CompareResponse:
+        return conv.compare(self._control.compare(request.model))
+
+    @guarded
+    async def ListProposals(self, request: Any, context: Context
+                            ) -> pb.ListProposalsResponse:
+        return pb.ListProposalsResponse(
+            proposals=[conv.proposal(p) for p in self._control.proposals(request.model)])
+
+    @guarded
+    async def Approve(self, request: Any, context: Context) -> pb.DecisionResponse:
+        decision = await self._control.approve(
+            request.model, actor=request.actor, reason=request.reason,
+            proposal_id=request.proposal_id)
+        return conv.decision(decision)
+
+    @guarded
+    async def Dismiss(self, request: Any, context: Context) -> pb.DecisionResponse:
+        decision = await self._control.dismiss(
+            request.model, actor=request.actor, reason=request.reason,
+            proposal_id=request.proposal_id)
+        return conv.decision(decision)
+
     async def WatchEvents(self, request: Any, context: Context) -> AsyncIterator[pb.Event]:
         try:
             refuse_undecodable(request)

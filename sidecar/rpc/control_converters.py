@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from sidecar.guard.guard import Decision, Proposal
 from sidecar.handlers.control import (
     CandidateView,
+    CompareView,
     GuardView,
     ModelView,
     Ref,
@@ -14,6 +16,7 @@ from sidecar.loader.onnx import OnnxMeta
 from sidecar.loader.signature import TensorSpec
 from sidecar.manager.entry import SwapResult
 from sidecar.manager.version import ModelVersion
+from sidecar.quality.engine import CompareRow, MetricFigure
 from sidecar.rpc.proto import control_pb2 as pb
 from sidecar.state.events import Event
 
@@ -104,4 +107,51 @@ def event(e: Event) -> pb.Event:
         from_version=pb.VersionRef(number=e.from_version, digest=e.from_digest),
         to_version=pb.VersionRef(number=e.to_version, digest=e.to_digest),
         details=e.details,
+    )
+
+
+def _figure(f: MetricFigure) -> pb.MetricFigure:
+    msg = pb.MetricFigure(name=f.metric, samples=f.samples, configured=f.configured)
+    if f.value is not None:
+        msg.value = f.value
+    if f.interval is not None:
+        msg.interval.CopyFrom(pb.Interval(low=f.interval[0], high=f.interval[1]))
+    return msg
+
+
+def _compare_row(r: CompareRow) -> pb.CompareRow:
+    msg = pb.CompareRow(
+        version=r.version, role=r.role, digest=r.digest, requests=r.requests, errors=r.errors,
+        error_ratio=r.error_ratio, p50_ms=r.p50_ms, p99_ms=r.p99_ms,
+        metrics=[_figure(f) for f in r.metrics], matched=r.matched, mirrored=r.mirrored,
+        invalid=r.invalid, reward_count=r.reward_count, reward_sum=r.reward_sum,
+        paired=r.paired, agreement_rows=r.agreement_rows, favoured=r.favoured,
+    )
+    if r.agreement is not None:
+        msg.agreement = r.agreement
+    return msg
+
+
+def compare(view: CompareView) -> pb.CompareResponse:
+    return pb.CompareResponse(
+        model=view.model, versions=[_compare_row(r) for r in view.rows],
+        favoured_version=view.favoured, favour_reason=view.favour_reason, metric=view.metric,
+        quality=view.quality, feedback={k: max(0, v) for k, v in view.feedback.items()},
+    )
+
+
+def proposal(p: Proposal) -> pb.Proposal:
+    return pb.Proposal(
+        id=p.id, model=p.model,
+        from_version=pb.VersionRef(number=p.from_version, digest=p.from_digest),
+        to_version=pb.VersionRef(number=p.to_version, digest=p.to_digest),
+        rule=p.rule, reason=p.reason, evidence=p.evidence, key=p.key, time=p.time,
+        approve_at=p.approve_at,
+    )
+
+
+def decision(d: Decision) -> pb.DecisionResponse:
+    return pb.DecisionResponse(
+        proposal=proposal(d.proposal), actor=d.actor, approved=d.approved,
+        swap=swap(d.swap) if d.swap is not None else None, quarantined=d.quarantined,
     )

@@ -485,3 +485,177 @@ class QuarantineResponse(_message.Message):
     digest: str
     quarantine: _containers.ScalarMap[str, str]
     def __init__(self, digest: _Optional[str] = ..., quarantine: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CompareRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class Interval(_message.Message):
+    __slots__ = ("low", "high")
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    low: float
+    high: float
+    def __init__(self, low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class MetricFigure(_message.Message):
+    __slots__ = ("name", "value", "samples", "interval", "configured")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    samples: int
+    interval: Interval
+    configured: bool
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., samples: _Optional[int] = ..., interval: _Optional[_Union[Interval, _Mapping]] = ..., configured: _Optional[bool] = ...) -> None: ...
+
+class CompareRow(_message.Message):
+    __slots__ = ("version", "role", "digest", "requests", "errors", "error_ratio", "p50_ms", "p99_ms", "metrics", "matched", "mirrored", "invalid", "reward_count", "reward_sum", "paired", "agreement", "agreement_rows", "favoured")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATIO_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    MIRRORED_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    REWARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REWARD_SUM_FIELD_NUMBER: _ClassVar[int]
+    PAIRED_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    FAVOURED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    role: str
+    digest: str
+    requests: int
+    errors: int
+    error_ratio: float
+    p50_ms: float
+    p99_ms: float
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricFigure]
+    matched: int
+    mirrored: int
+    invalid: int
+    reward_count: int
+    reward_sum: float
+    paired: int
+    agreement: float
+    agreement_rows: int
+    favoured: bool
+    def __init__(self, version: _Optional[int] = ..., role: _Optional[str] = ..., digest: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., error_ratio: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., metrics: _Optional[_Iterable[_Union[MetricFigure, _Mapping]]] = ..., matched: _Optional[int] = ..., mirrored: _Optional[int] = ..., invalid: _Optional[int] = ..., reward_count: _Optional[int] = ..., reward_sum: _Optional[float] = ..., paired: _Optional[int] = ..., agreement: _Optional[float] = ..., agreement_rows: _Optional[int] = ..., favoured: _Optional[bool] = ...) -> None: ...
+
+class CompareResponse(_message.Message):
+    __slots__ = ("model", "versions", "favoured_version", "favour_reason", "metric", "quality", "feedback")
+    class FeedbackEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    FAVOURED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FAVOUR_REASON_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    versions: _containers.RepeatedCompositeFieldContainer[CompareRow]
+    favoured_version: int
+    favour_reason: str
+    metric: str
+    quality: str
+    feedback: _containers.ScalarMap[str, int]
+    def __init__(self, model: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[CompareRow, _Mapping]]] = ..., favoured_version: _Optional[int] = ..., favour_reason: _Optional[str] = ..., metric: _Optional[str] = ..., quality: _Optional[str] = ..., feedback: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class Proposal(_message.Message):
+    __slots__ = ("id", "model", "from_version", "to_version", "rule", "reason", "evidence", "key", "time", "approve_at")
+    class EvidenceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model: str
+    from_version: VersionRef
+    to_version: VersionRef
+    rule: str
+    reason: str
+    evidence: _containers.ScalarMap[str, str]
+    key: str
+    time: float
+    approve_at: float
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., from_version: _Optional[_Union[VersionRef, _Mapping]] = ..., to_version: _Optional[_Union[VersionRef, _Mapping]] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., evidence: _Optional[_Mapping[str, str]] = ..., key: _Optional[str] = ..., time: _Optional[float] = ..., approve_at: _Optional[float] = ...) -> None: ...
+
+class ListProposalsRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListProposalsResponse(_message.Message):
+    __slots__ = ("proposals",)
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    proposals: _containers.RepeatedCompositeFieldContainer[Proposal]
+    def __init__(self, proposals: _Optional[_Iterable[_Union[Proposal, _Mapping]]] = ...) -> None: ...
+
+class ApproveRequest(_message.Message):
+    __slots__ = ("model", "actor", "reason", "proposal_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    actor: str
+    reason: str
+    proposal_id: str
+    def __init__(self, model: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., proposal_id: _Optional[str] = ...) -> None: ...
+
+class DismissRequest(_message.Message):
+    __slots__ = ("model", "actor", "reason", "proposal_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    actor: str
+    reason: str
+    proposal_id: str
+    def __init__(self, model: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., proposal_id: _Optional[str] = ...) -> None: ...
+
+class DecisionResponse(_message.Message):
+    __slots__ = ("proposal", "actor", "approved", "swap", "quarantined")
+    PROPOSAL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    SWAP_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    proposal: Proposal
+    actor: str
+    approved: bool
+    swap: SwapResponse
+    quarantined: str
+    def __init__(self, proposal: _Optional[_Union[Proposal, _Mapping]] = ..., actor: _Optional[str] = ..., approved: _Optional[bool] = ..., swap: _Optional[_Union[SwapResponse, _Mapping]] = ..., quarantined: _Optional[str] = ...) -> None: ...

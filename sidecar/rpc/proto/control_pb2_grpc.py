@@ -129,6 +129,26 @@ class ModelControlStub:
                 request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineRequest.SerializeToString,
                 response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineResponse.FromString,
                 _registered_method=True)
+        self.Compare = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Compare',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CompareRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CompareResponse.FromString,
+                _registered_method=True)
+        self.ListProposals = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/ListProposals',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.ListProposalsRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.ListProposalsResponse.FromString,
+                _registered_method=True)
+        self.Approve = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Approve',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.ApproveRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DecisionResponse.FromString,
+                _registered_method=True)
+        self.Dismiss = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Dismiss',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DismissRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DecisionResponse.FromString,
+                _registered_method=True)
 
 
 class ModelControlServicer:
@@ -262,6 +282,38 @@ class ModelControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Compare(self, request, context):
+        """Every loaded version of a model side by side: traffic, errors, latency,
+        quality metrics on ground truth (docs/quality.md), agreement, and which
+        version the evidence favours. Reads only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProposals(self, request, context):
+        """Rollbacks the guard proposes in mode "propose", waiting for a person.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Approve(self, request, context):
+        """Carry out a model's proposal: the rollback and quarantine the guard would
+        have done, by the approving actor. FAILED_PRECONDITION if none waits (or it
+        is stale: what serves changed since).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Dismiss(self, request, context):
+        """Keep serving; the same evidence is not proposed again (new evidence is).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -359,6 +411,26 @@ def add_ModelControlServicer_to_server(servicer, server):
                     servicer.Unquarantine,
                     request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineRequest.FromString,
                     response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineResponse.SerializeToString,
+            ),
+            'Compare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compare,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CompareRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.CompareResponse.SerializeToString,
+            ),
+            'ListProposals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProposals,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.ListProposalsRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.ListProposalsResponse.SerializeToString,
+            ),
+            'Approve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Approve,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.ApproveRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DecisionResponse.SerializeToString,
+            ),
+            'Dismiss': grpc.unary_unary_rpc_method_handler(
+                    servicer.Dismiss,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DismissRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DecisionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -874,6 +946,114 @@ class ModelControl:
             '/sidecar.control.v1.ModelControl/Unquarantine',
             sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineRequest.SerializeToString,
             sidecar_dot_rpc_dot_proto_dot_control__pb2.QuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Compare',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.CompareRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.CompareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProposals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/ListProposals',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.ListProposalsRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.ListProposalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Approve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Approve',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.ApproveRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.DecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Dismiss(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Dismiss',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.DismissRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.DecisionResponse.FromString,
             options,
             channel_credentials,
             insecure,
