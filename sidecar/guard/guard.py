@@ -64,6 +64,9 @@ log = logging.getLogger("sidecar.guard")
 
 ACTOR = "guard"
 _LATENCY_EVERY = 16  # observations between latency checks (a sort of the window)
+#: ... and at most this often (s): at thousands of requests a second, a sort
+#: every 16 would cost a few percent of the request path for nothing.
+_JUDGE_EVERY_S = 0.05
 
 #: model name -> its settings file's "guard" object (may be empty)
 SettingsSource = Callable[[str], dict[str, Any]]
@@ -103,12 +106,13 @@ class Decision:
 class Watch:
     """The guard's window on one session; the session's observer."""
 
-    __slots__ = ("_guard", "servable", "window")
+    __slots__ = ("_guard", "next_judged", "servable", "window")
 
     def __init__(self, guard: Guard, servable: Servable, window: OutcomeWindow) -> None:
         self._guard = guard
         self.servable = servable
         self.window = window
+        self.next_judged = 0.0  # monotonic: successes are not judged before this
 
     def observe(self, ok: bool, latency_ns: int) -> None:
         self._guard.observed(self, ok, latency_ns)
@@ -320,11 +324,13 @@ class Guard:
         if guard is None or guard.pending or guard.settings.mode == "off":
             return
         if servable is guard.watched:
-            if ok and window.total % _LATENCY_EVERY:
+            if ok and (window.total % _LATENCY_EVERY or now < watch.next_judged):
                 # A success cannot newly break the error rules (bar a window entry
                 # expiring, seen at the next check): successes are judged with
-                # the latency rule, every _LATENCY_EVERY outcomes; failures at once.
+                # the latency rule, every _LATENCY_EVERY outcomes and at most every
+                # _JUDGE_EVERY_S; failures at once.
                 return
+            watch.next_judged = now + _JUDGE_EVERY_S
             entry = self._manager.entry(servable.model)
             if self._wall() > entry.probation_until:
                 guard.watched = None  # trusted from now on
