@@ -344,6 +344,69 @@ def warmup_fails_model() -> onnx.ModelProto:
     return _finish(graph)
 
 
+# The quality example's 4-class classifier (examples/quality, bench/quality.py): a row
+# of 4 features drawn N(0, 1) belongs to the class of its largest feature.
+CLASSES = 4
+CLASSIFIER_KINDS = ("good", "worse", "equal")
+_CLASSIFIER_NOISE = 0.08  # weight noise: about 90.5 % accuracy
+_CLASS_SHIFT = (1, 2, 3, 0)  # "equal": features and classes renamed by this cycle
+
+
+def classifier_truth(x: F32Array) -> npt.NDArray[np.int64]:
+    """The true class of each row of ``x`` [rows, 4]: the index of its largest feature."""
+    return np.asarray(x.argmax(axis=1), dtype=np.int64)
+
+
+def classifier_weights(kind: str) -> tuple[F32Array, F32Array]:
+    """``(W, b)`` of ``classifier_model(kind)``: W is [4, 4], b is [4].
+
+    - "good": the identity plus seeded noise: right on about 90.5 % of rows of N(0, 1)
+      features;
+    - "worse": good's weights with a bias of -1000 on class 3, which it therefore never
+      predicts: every row of class 3 (a quarter) is wrong; about 71.4 % accuracy, 19
+      points lost;
+    - "equal": good with features and classes renamed by one cycle (P W P^T): for
+      features drawn independently from one distribution its accuracy is exactly
+      good's, yet it errs on other rows (each is wrong on about 8.5 % of rows where the
+      other is right): a same-quality version with independent errors.
+    """
+    if kind not in CLASSIFIER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(CLASSIFIER_KINDS)}, not {kind!r}")
+    rng = np.random.default_rng(seed=14)
+    noise = rng.standard_normal((CLASSES, CLASSES), dtype=np.float32)
+    weight = (np.eye(CLASSES, dtype=np.float32) + np.float32(_CLASSIFIER_NOISE) * noise)
+    bias = np.zeros(CLASSES, dtype=np.float32)
+    if kind == "worse":
+        bias[3] = -1000.0
+    elif kind == "equal":
+        perm = np.eye(CLASSES, dtype=np.float32)[list(_CLASS_SHIFT)]
+        weight = perm @ weight @ perm.T
+    return weight.astype(np.float32), bias
+
+
+def classifier_model(kind: str) -> onnx.ModelProto:
+    """``SCORES = softmax(INPUT0 @ W + b)``: FP32 [batch, 4] -> FP32 [batch, 4], the
+    argmax of a row its class. The file carries a doc string and metadata_props
+    (``training_data``, ``author``), as a trained model's would."""
+    weight, bias = classifier_weights(kind)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["INPUT0", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["SCORES"], axis=1),
+        ],
+        f"classifier_{kind}",
+        [_fp32_io("INPUT0", CLASSES)],
+        [_fp32_io("SCORES", CLASSES)],
+        initializer=[_init("W", weight), _init("b", bias)],
+    )
+    model = _finish(graph)
+    model.doc_string = f"4-class example classifier ({kind}): the class of the largest feature"
+    helper.set_model_props(model, {"training_data": "synthetic-argmax-4",
+                                   "author": PRODUCER_NAME, "variant": kind})
+    return model
+
+
 def write_model(model: onnx.ModelProto, repo: Path, name: str, version: int) -> Path:
     """Write ``model`` Triton-style to ``<repo>/<name>/<version>/model.onnx``."""
     path = repo / name / str(version) / "model.onnx"
