@@ -40,7 +40,7 @@ import numpy as np
 from harness import machine, models, stats
 from harness.clients import ClientPool, Plan, Samples, Workload
 from harness.server import EventFollower, Sidecar, pb, scratch, tiny_repo, write_version
-from harness.stats import fmt, median, ratio
+from harness.stats import fmt
 
 MODEL = "tiny"
 BAD = 3
@@ -242,17 +242,8 @@ def part_hotpath(args: argparse.Namespace) -> None:
                   fmt(f.server_us_per_call, 1), f.errors, fmt(f.others_cores)]
                  for r in kept + dropped for f in [r.figures]])
 
-    def med(variant: str, what: str) -> float:
-        return median([getattr(r.figures, what) for r in kept if r.variant == variant])
-
-    rows = []
-    for v in names:
-        row: list[object] = [v]
-        for what, digits in (("req_s", 0), ("p99_ms", 2), ("server_us_per_call", 1)):
-            row += [fmt(med(v, what), digits), fmt(ratio(med(v, what), med(names[0], what)))]
-        rows.append(row)
-    stats.table("Guard cost (medians across rounds; ratios to --no-guard)",
-                ["variant", "req/s", "x", "p99 ms", "x", "server CPU us/call", "x"], rows)
+    stats.variant_table("Guard cost (medians across rounds; ratios to --no-guard)", kept, names,
+                        p99_digits=2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

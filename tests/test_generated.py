@@ -21,3 +21,12 @@ def test_example_models_are_regenerated_byte_for_byte() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "make_models.py"),
                              "--check"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_quality_example_models_are_regenerated_byte_for_byte() -> None:
+    """examples/quality/make_classifier.py writes exactly the committed classifier
+    files (version 1 in its repository, the worse and the equal candidates)."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "quality" /
+                                                 "make_classifier.py"), "--check"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -233,27 +233,36 @@ class ClientPool:
                       samples, extra)
 
     def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.send(None)
-            except OSError:
-                pass
-        for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
+        close_workers(self._conns, self._procs)
 
 
-def _recv(conn: Connection, timeout: float) -> Any:
+def close_workers(conns: Sequence[Connection], procs: Sequence[Any]) -> None:
+    """Tell worker processes to end (None), wait a little, kill the stubborn."""
+    for conn in conns:
+        try:
+            conn.send(None)
+        except OSError:
+            pass
+    for proc in procs:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    for conn in conns:
+        conn.close()
+
+
+def recv_worker(conn: Connection, timeout: float, what: str = "client worker") -> Any:
+    """A worker's next message; RuntimeError if it is silent or died."""
     if not conn.poll(timeout):
-        raise RuntimeError(f"client worker silent for {timeout:.0f} s")
+        raise RuntimeError(f"{what} silent for {timeout:.0f} s")
     try:
         return conn.recv()
     except EOFError:
-        raise RuntimeError("client worker died") from None
+        raise RuntimeError(f"{what} died") from None
+
+
+_recv = recv_worker
 
 
 # ---- inside a worker process -----------------------------------------------------------

@@ -126,3 +126,21 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) 
     print(f"\n{title}\n\n{line(headers)}\n|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print("\n".join(line(r) for r in cells))
     sys.stdout.flush()
+
+
+def variant_table(title: str, runs: Sequence[Any], names: Sequence[str], *,
+                  p99_digits: int = 3) -> Callable[[str, str], float]:
+    """Print one row per variant (`names`, the first the reference) with the medians
+    across `runs` (each with `.variant` and `.figures`) of req/s, p99 and server CPU
+    per call, each with its ratio to the reference; returns `med(variant, figure)`."""
+    def med(variant: str, what: str) -> float:
+        return median([getattr(r.figures, what) for r in runs if r.variant == variant])
+
+    rows = []
+    for v in names:
+        row: list[object] = [v]
+        for what, digits in (("req_s", 0), ("p99_ms", p99_digits), ("server_us_per_call", 1)):
+            row += [fmt(med(v, what), digits), fmt(ratio(med(v, what), med(names[0], what)))]
+        rows.append(row)
+    table(title, ["variant", "req/s", "x", "p99 ms", "x", "server CPU us/call", "x"], rows)
+    return med
