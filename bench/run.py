@@ -37,10 +37,12 @@ from harness.clients import ClientPool, Samples, Workload
 from harness.stats import Figures, fmt
 from serverlog import ServerLogError
 
-MAX_P99_RATIO = 1.2
+#: The targets of issue 13 (docs/performance.md, "Per-call overhead"); measure
+#: with --minimal-arg=--intra-op-threads=1 for equal onnxruntime threads.
+MAX_P99_RATIO = 1.1
 KINDS = ("sidecar", "minimal")  # the order of the runs in a round
 #: key -> (model, batch, width, target: sidecar/minimal req/s at least)
-SCENARIOS = {"tiny": (lambda: models.tiny_model(1), 1, models.TINY_IN, 0.9),
+SCENARIOS = {"tiny": (lambda: models.tiny_model(1), 1, models.TINY_IN, 0.95),
              "dense": (models.dense_model, 8, 512, 1.0)}
 
 

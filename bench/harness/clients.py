@@ -160,19 +160,9 @@ class ClientPool:
     def __init__(self, workload: Workload, processes: int = 1) -> None:
         ctx = mp.get_context("spawn")
         self.stop_event = ctx.Event()
-        self._procs: list[Any] = []
-        self._conns: list[Connection] = []
-        for k in range(processes):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, daemon=True,
-                               args=(child, workload, workload.seed * 1000 + k, self.stop_event))
-            proc.start()
-            child.close()
-            self._procs.append(proc)
-            self._conns.append(parent)
-        for conn in self._conns:
-            if (reply := _recv(conn, WORKER_TIMEOUT_S)) != "ready":
-                raise RuntimeError(f"client worker failed to start:\n{reply}")
+        self._procs, self._conns = spawn_workers(
+            ctx, _worker_main, processes,
+            lambda k: (workload, workload.seed * 1000 + k, self.stop_event))
 
     def __enter__(self) -> ClientPool:
         return self
@@ -195,7 +185,7 @@ class ClientPool:
     def collect(self, timeout: float = WORKER_TIMEOUT_S) -> Samples:
         parts = []
         for conn in self._conns:
-            reply = _recv(conn, timeout)
+            reply = recv_worker(conn, timeout)
             if isinstance(reply, str):
                 raise RuntimeError(f"client worker failed:\n{reply}")
             started, done, version = array("d"), array("d"), array("q")
@@ -236,6 +226,26 @@ class ClientPool:
         close_workers(self._conns, self._procs)
 
 
+def spawn_workers(ctx: Any, target: Callable[..., None], count: int,
+                  args: Callable[[int], tuple[Any, ...]], what: str = "client worker"
+                  ) -> tuple[list[Any], list[Connection]]:
+    """Start `count` worker processes `target(conn, *args(k))`; each says "ready"
+    once it can take work. Returns the processes and the parent ends of the pipes."""
+    procs: list[Any] = []
+    conns: list[Connection] = []
+    for k in range(count):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=target, daemon=True, args=(child, *args(k)))
+        proc.start()
+        child.close()
+        procs.append(proc)
+        conns.append(parent)
+    for conn in conns:
+        if (reply := recv_worker(conn, WORKER_TIMEOUT_S, what)) != "ready":
+            raise RuntimeError(f"{what} failed to start:\n{reply}")
+    return procs, conns
+
+
 def close_workers(conns: Sequence[Connection], procs: Sequence[Any]) -> None:
     """Tell worker processes to end (None), wait a little, kill the stubborn."""
     for conn in conns:
@@ -261,8 +271,6 @@ def recv_worker(conn: Connection, timeout: float, what: str = "client worker") -
     except EOFError:
         raise RuntimeError(f"{what} died") from None
 
-
-_recv = recv_worker
 
 
 # ---- inside a worker process -----------------------------------------------------------

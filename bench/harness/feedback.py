@@ -44,7 +44,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from harness.clients import close_workers, recv_worker
+from harness.clients import close_workers, recv_worker, spawn_workers
 
 CALL_TIMEOUT_S = 30.0
 WORKER_TIMEOUT_S = 120.0
@@ -133,19 +133,9 @@ class FeedbackPool:
     def __init__(self, load: FeedbackLoad, processes: int = 1) -> None:
         ctx = mp.get_context("spawn")
         self.stop_event = ctx.Event()
-        self._procs: list[Any] = []
-        self._conns: list[Connection] = []
-        for k in range(processes):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, daemon=True,
-                               args=(child, load, load.seed * 1000 + k, k, self.stop_event))
-            proc.start()
-            child.close()
-            self._procs.append(proc)
-            self._conns.append(parent)
-        for conn in self._conns:
-            if (reply := _recv(conn, WORKER_TIMEOUT_S)) != "ready":
-                raise RuntimeError(f"feedback worker failed to start:\n{reply}")
+        self._procs, self._conns = spawn_workers(
+            ctx, _worker_main, processes,
+            lambda k: (load, load.seed * 1000 + k, k, self.stop_event), "feedback worker")
         self.runs = 0
 
     def __enter__(self) -> FeedbackPool:
@@ -172,7 +162,7 @@ class FeedbackPool:
     def collect(self, timeout: float = WORKER_TIMEOUT_S) -> Records:
         parts = []
         for conn in self._conns:
-            reply = _recv(conn, timeout)
+            reply = recv_worker(conn, timeout, "feedback worker")
             if isinstance(reply, str):
                 raise RuntimeError(f"feedback worker failed:\n{reply}")
             columns: list[array[Any]] = [array("d"), array("d"), array("q"), array("q"),
@@ -190,10 +180,6 @@ class FeedbackPool:
 
     def close(self) -> None:
         close_workers(self._conns, self._procs)
-
-
-def _recv(conn: Connection, timeout: float) -> Any:
-    return recv_worker(conn, timeout, "feedback worker")
 
 
 # ---- inside a worker process -----------------------------------------------------------

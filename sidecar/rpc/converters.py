@@ -106,7 +106,7 @@ def _slow_input(msg: pb.ModelInferRequest, index: int, tensor: Any, datatype: st
     if datatype == "BYTES" and element_count(shape) > MAX_BYTES_ELEMENTS:
         raise InvalidInputError(f"{where}: a BYTES tensor of {element_count(shape)}"
                                 f" elements; at most {MAX_BYTES_ELEMENTS} are accepted")
-    typed = _typed_values(tensor)
+    typed = typed_values(tensor)
     raw = msg.raw_input_contents
     if raw:
         if typed is not None:
@@ -122,10 +122,10 @@ def _slow_input(msg: pb.ModelInferRequest, index: int, tensor: Any, datatype: st
                                 " send it in raw_input_contents")
     return InferInput(tensor.name, datatype, shape,
                       size=len(typed[1]) if typed is not None else 0,
-                      decode=functools.partial(_decode_typed, where, datatype, shape, typed))
+                      decode=functools.partial(decode_typed, where, datatype, shape, typed))
 
 
-def _typed_values(tensor: Any) -> tuple[str, Any] | None:
+def typed_values(tensor: Any) -> tuple[str, Any] | None:
     """(field name, values) of the one non-empty typed field, or None."""
     if not tensor.HasField("contents"):
         return None
@@ -139,7 +139,7 @@ def _typed_values(tensor: Any) -> tuple[str, Any] | None:
     return found[0] if found else None
 
 
-def _decode_typed(
+def decode_typed(
     where: str, datatype: str, shape: tuple[int, ...], typed: tuple[str, Any] | None
 ) -> np.ndarray:
     count = element_count(shape)

@@ -21,7 +21,7 @@ from sidecar.handlers.feedback import FeedbackItem, FeedbackPlane, StreamSummary
 from sidecar.handlers.types import InferInput
 from sidecar.quality.engine import MATCHED, FeedbackResult
 from sidecar.rpc.codec import check_shape, decode_raw
-from sidecar.rpc.converters import _decode_typed, _typed_values
+from sidecar.rpc.converters import decode_typed, typed_values
 from sidecar.rpc.decoding import refuse_undecodable
 from sidecar.rpc.errors import guarded, to_status
 from sidecar.rpc.proto import feedback_pb2 as pb
@@ -50,14 +50,14 @@ def feedback_item(msg: pb.FeedbackRequest) -> FeedbackItem:
         if datatype == "BYTES":
             raise InvalidInputError(f"{where}: must be numeric, not BYTES")
         check_shape(where, shape)
-        typed = _typed_values(tensor)
+        typed = typed_values(tensor)
         if raw:
             if typed is not None:
                 raise InvalidInputError(f"{where}: has typed contents while the request uses"
                                         " raw_truth_contents; use one form for all tensors")
             array = decode_raw(where, datatype, shape, raw[index])
         else:
-            array = _decode_typed(where, datatype, shape, typed)
+            array = decode_typed(where, datatype, shape, typed)
         truth.append(InferInput(name, datatype, shape, array, None, array.nbytes))
     reward = msg.reward if msg.HasField("reward") else None
     return FeedbackItem(msg.model_name, msg.request_id, truth, reward)
