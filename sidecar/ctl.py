@@ -236,6 +236,10 @@ def _models_table(models: Sequence[pb.ModelInfo]) -> str:
              for m in models]
     notes = [f"{m.name}: guard: {m.guard_note}" for m in models if m.guard_note]
     notes += [f"{m.name}: {m.note}" for m in models if m.note]
+    notes += [f"{m.name}: sidecar.json serve: {m.declaration.serve or '(none)'}"
+              + (f"; CONFLICT: {m.declaration.conflict}" if m.declaration.conflict else "")
+              for m in models if m.HasField("declaration") and (m.declaration.serve
+                                                                or m.declaration.conflict)]
     return "\n".join([_table(rows), *notes])
 
 
@@ -250,7 +254,7 @@ def _versions_table(versions: Sequence[pb.VersionInfo]) -> str:
     """One row per version; the ONNX metadata and the times to the millisecond
     are in --json (`created`, `updated`, `onnx`)."""
     rows = [["VERSION", "STATE", "DIGEST", "SIZE", "LOADED", "ACTIVATED", "CREATED", "UPDATED",
-             "REQUESTS", "ERRORS", "P50 MS", "P99 MS", "BATCHING", "REASON"]]
+             "REQUESTS", "ERRORS", "P50 MS", "P99 MS", "BATCHING", "COMMIT", "REASON"]]
     for v in versions:
         c = v.counters
         rows.append([str(v.number), v.state + (" (quarantined)" if v.quarantined else ""),
@@ -258,8 +262,17 @@ def _versions_table(versions: Sequence[pb.VersionInfo]) -> str:
                      _when(v.activated_at), _short_time(v.created), _short_time(v.updated),
                      str(c.requests), str(c.errors),
                      f"{c.p50_ms:.2f}", f"{c.p99_ms:.2f}", _batching_text(v),
+                     _commit_text(v),
                      "; ".join(t for t in (v.reason, v.batching.refused) if t)])
     return _table(rows)
+
+
+def _commit_text(v: pb.VersionInfo) -> str:
+    """`<hash[:10]> <subject, cut>`, or "-" (not a git work tree)."""
+    if not v.HasField("commit"):
+        return "-"
+    subject = v.commit.subject if len(v.commit.subject) <= 40 else v.commit.subject[:37] + "..."
+    return f"{v.commit.hash[:10]} {subject}" + (" (shallow)" if v.commit.shallow else "")
 
 
 def _batching_text(v: pb.VersionInfo) -> str:

@@ -147,6 +147,16 @@ class SidecarCollector(Collector):
                     loads.add_metric([entry.name, str(version.number)],
                                      version.loaded.load_ns / 1e9)
         yield loads
+        conflict = GaugeMetricFamily(
+            "sidecar_declaration_conflict", "1 while the model's sidecar.json declares a"
+            " version (serve) that the pod does not serve: quarantined, pinned, changed by"
+            " a command or the guard, cannot load (docs/gitops.md); 0 otherwise.",
+            labels=["model"])
+        for entry in self._manager.entries():
+            if entry.declaring:
+                conflict.add_metric([entry.name], 1.0 if entry.conflict(
+                    self._manager.quarantine) else 0.0)
+        yield conflict
 
     def _candidates(self) -> Iterator[Any]:
         window = GaugeMetricFamily(

@@ -193,11 +193,15 @@ class EventStream:
         except grpc.RpcError:
             pass  # cancelled at close, or the server stopped
 
-    def wait_for(self, timeout: float = 30.0, **fields: Any) -> Any:
-        """The first event (from the start) whose fields match; waits for it."""
+    def wait_for(self, timeout: float = 30.0, after: int = 0, **fields: Any) -> Any:
+        """The first event (from the start, or after sequence number `after`) whose
+        fields match; waits for it."""
         def match(e: Any) -> bool:
-            return all((e.to_version.number if k == "to" else getattr(e, k)) == v
-                       for k, v in fields.items())
+            def field(k: str) -> Any:
+                if k in ("to", "from"):
+                    return (e.to_version if k == "to" else e.from_version).number
+                return getattr(e, k)
+            return e.seq > after and all(field(k) == v for k, v in fields.items())
 
         with self._cond:
             found = self._cond.wait_for(lambda: next(filter(match, self.events), None),

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.manager.plan import Action, Memory, ModelFacts, Policy, plan
+from sidecar.manager.plan import Action, Declaration, Memory, ModelFacts, Policy, plan
 from sidecar.source.watcher import FileState, VersionSeen
 
 
-def v(number: int, *, complete: bool = True, size: int = 100, file: bool = True
-      ) -> VersionSeen:
+def v(number: int, *, complete: bool = True, size: int = 100, file: bool = True,
+      vanishing: bool = False) -> VersionSeen:
     state = FileState(size, 1, number) if file else None
-    return VersionSeen(number, Path(f"/r/m/{number}/model.onnx"), state, complete)
+    return VersionSeen(number, Path(f"/r/m/{number}/model.onnx"), state, complete, vanishing)
 
 
 def disk(*versions: VersionSeen) -> dict[int, VersionSeen]:
@@ -46,8 +46,48 @@ CASES = [
     ("pinned: the new version is only noted",
      disk(v(1), v(2), v(3)), ModelFacts(True, 2, frozenset({1, 2}), pinned=True, watermark=2),
      Policy.ACTIVATE, [("note", 3)]),
-    ("active version's folder removed: keeps serving, noted",
-     disk(v(1)), SERVING_2, Policy.ACTIVATE, [("note", 2)]),
+    ("active version's folder removed: rolled back to the warm one, then unloaded",
+     disk(v(1)), SERVING_2, Policy.ACTIVATE, [("activate", 1), ("unload-version", 2)]),
+    ("active version's file removed (folder stays): rolled back",
+     disk(v(1), v(2, file=False)), SERVING_2, Policy.ACTIVATE,
+     [("activate", 1), ("unload-version", 2)]),
+    ("active version vanishing for less than the settle time: nothing yet",
+     disk(v(1), v(2, vanishing=True)), SERVING_2, Policy.ACTIVATE, []),
+    ("active removed: the warm previous first, even below a higher loaded one",
+     disk(v(1), v(4), v(5)),
+     ModelFacts(True, 3, frozenset({1, 3, 4}), watermark=5, previous=1), Policy.ACTIVATE,
+     [("activate", 1), ("unload-version", 3)]),
+    ("active removed, previous gone too: another loaded version",
+     disk(v(1), v(4)), ModelFacts(True, 3, frozenset({2, 3, 4}), watermark=4, previous=2),
+     Policy.ACTIVATE, [("unload-version", 2), ("activate", 4), ("unload-version", 3)]),
+    ("active removed, nothing warm: the highest complete version on disk",
+     disk(v(1), v(2)), ModelFacts(True, 3, frozenset({3}), watermark=3), Policy.ACTIVATE,
+     [("activate", 2), ("unload-version", 3)]),
+    ("active removed, nothing else on disk: keeps serving from memory, noted",
+     disk(), ModelFacts(True, 3, frozenset({3}), watermark=3), Policy.ACTIVATE,
+     [("note", 3)]),
+    ("active removed while pinned: keeps serving, noted",
+     disk(v(1)), ModelFacts(True, 2, frozenset({1, 2}), pinned=True, watermark=2,
+                            previous=1), Policy.ACTIVATE, [("note", 2)]),
+    ("active file rewritten, complete: replaced (policy activate)",
+     disk(v(1), v(2)), ModelFacts(True, 2, frozenset({1, 2}), watermark=2,
+                                  rewritten=frozenset({2})), Policy.ACTIVATE,
+     [("replace", 2)]),
+    ("active file rewritten, still being written: wait for it",
+     disk(v(1), v(2, complete=False)),
+     ModelFacts(True, 2, frozenset({1, 2}), watermark=2, rewritten=frozenset({2})),
+     Policy.ACTIVATE, [("wait", 0)]),
+    ("active file rewritten, policy ignore: noted, the loaded bytes serve",
+     disk(v(1), v(2)), ModelFacts(True, 2, frozenset({1, 2}), watermark=2,
+                                  rewritten=frozenset({2})), Policy.IGNORE, [("note", 2)]),
+    ("warm file rewritten: replaced whatever the policy",
+     disk(v(1), v(2)), ModelFacts(True, 2, frozenset({1, 2}), watermark=2,
+                                  rewritten=frozenset({1})), Policy.IGNORE,
+     [("replace", 1)]),
+    ("rewritten while pinned: noted",
+     disk(v(1), v(2)), ModelFacts(True, 2, frozenset({1, 2}), pinned=True, watermark=2,
+                                  rewritten=frozenset({2})), Policy.ACTIVATE,
+     [("note", 2)]),
     ("warm version's folder removed: unloaded",
      disk(v(2)), SERVING_2, Policy.ACTIVATE, [("unload-version", 1)]),
     ("model folder removed: unloaded",
@@ -82,3 +122,81 @@ def test_failed_bytes_are_skipped_until_they_change() -> None:
     changed = disk(v(1), v(2), v(3), v(4, size=200))
     assert [(a.kind, a.version) for a in plan("m", changed, SERVING_2, Policy.ACTIVATE,
                                               memory)] == [("activate", 4)]
+
+
+SERVING_3 = ModelFacts(known=True, active=3, loaded=frozenset({2, 3}), watermark=3, previous=2)
+
+
+def serve(text: str, number: int = 0, problem: str = "") -> Declaration:
+    return Declaration(text, number or (int(text) if text.isdigit() else 0), problem,
+                       by_digest=not text.isdigit())
+
+
+DECLARED = [
+    ("declared older version: activated, recorded",
+     disk(v(1), v(2), v(3)), SERVING_3, serve("1"), [("activate", 1, "1")]),
+    ("declared by digest: the version holding it",
+     disk(v(1), v(2), v(3)), SERVING_3, serve("ab" * 8, 1), [("activate", 1, "ab" * 8)]),
+    ("declared the active version: only recorded",
+     disk(v(1), v(2), v(3)), SERVING_3, serve("3"), [("declare", 3, "3")]),
+    ("declaration applied before and the active moved since (a command, the guard):"
+     " left alone",
+     disk(v(1), v(2), v(3)), ModelFacts(True, 3, frozenset({2, 3}), watermark=3, previous=2,
+                                        declared="1"), serve("1"), []),
+    ("a new declaration after an applied one: applied",
+     disk(v(1), v(2), v(3)), ModelFacts(True, 1, frozenset({1, 3}), watermark=3, previous=3,
+                                        declared="1"), serve("2"), [("activate", 2, "2")]),
+    ("declaration removed: the newest version serves again, above the watermark or not",
+     disk(v(1), v(2), v(3)), ModelFacts(True, 1, frozenset({1, 3}), watermark=3, previous=3,
+                                        declared="1"), serve(""), [("activate", 3, "")]),
+    ("declaration removed while the newest serves: only recorded",
+     disk(v(1), v(2), v(3)), ModelFacts(True, 3, frozenset({2, 3}), watermark=3,
+                                        declared="3"), serve(""), [("declare", 3, "")]),
+    ("declared version not on disk yet: noted, nothing else moves",
+     disk(v(1), v(2), v(3)), SERVING_3, serve("4"), [("note", 0, None)]),
+    ("declared version still being written: wait",
+     disk(v(1), v(2), v(3), v(4, complete=False)), SERVING_3, serve("4"),
+     [("wait", 0, None)]),
+    ("a new version while a declaration holds: noted, not activated",
+     disk(v(1), v(2), v(3), v(4)), ModelFacts(True, 1, frozenset({1, 3}), watermark=3,
+                                              previous=3, declared="1"), serve("1"),
+     [("note", 4, None)]),
+    ("pinned: a declaration waits for the unpin",
+     disk(v(1), v(2), v(3)), ModelFacts(True, 3, frozenset({2, 3}), pinned=True,
+                                        watermark=3), serve("1"), [("note", 0, None)]),
+    ("declaration whose digest matches nothing: noted",
+     disk(v(1), v(2), v(3)), SERVING_3, serve("cd" * 8, problem="no such digest"),
+     [("note", 0, None)]),
+    ("new model with a declaration: the declared version, not the newest",
+     disk(v(1), v(2), v(3)), ModelFacts(), serve("2"), [("activate", 2, "2")]),
+    ("declared active rewritten by number: the new bytes serve even with policy ignore",
+     disk(v(1), v(2), v(3)), ModelFacts(True, 3, frozenset({2, 3}), watermark=3,
+                                        declared="3", rewritten=frozenset({3})),
+     serve("3"), [("replace", 3, None)]),
+    ("declared by digest, active rewritten: the declared bytes keep serving",
+     disk(v(1), v(2), v(3)), ModelFacts(True, 3, frozenset({2, 3}), watermark=3,
+                                        declared="ab" * 8, rewritten=frozenset({3})),
+     serve("ab" * 8, 3), [("note", 3, None)]),
+    ("declaration applied, then its version removed: rolled back like any removal",
+     disk(v(1), v(2)), ModelFacts(True, 3, frozenset({2, 3}), watermark=3, previous=2,
+                                  declared="3"), serve("3", problem="not on disk"),
+     [("note", 0, None), ("activate", 2, None), ("unload-version", 3, None)]),
+]
+
+
+@pytest.mark.parametrize(("disk_", "facts", "declared", "expected"),
+                         [c[1:] for c in DECLARED], ids=[c[0] for c in DECLARED])
+def test_plan_with_a_declaration(disk_: dict[int, VersionSeen], facts: ModelFacts,
+                                 declared: Declaration,
+                                 expected: list[tuple[str, int, str | None]]) -> None:
+    """Each row: `serve` in sidecar.json (as resolved), what serves -> actions, and
+    the declaration each records as applied once it succeeds."""
+    actions = plan("m", disk_, facts, Policy.IGNORE, Memory(), declared)
+    assert [(a.kind, a.version, a.declare) for a in actions] == expected
+
+
+def test_a_retreat_lowers_the_watermark_to_the_highest_version_left() -> None:
+    """After the active version is removed, the watermark comes down to what is left,
+    so the version is new again if the removal is reverted."""
+    actions = plan("m", disk(v(1), v(2)), SERVING_3, Policy.ACTIVATE, Memory())
+    assert actions[0].kind == "activate" and actions[0].watermark == 2

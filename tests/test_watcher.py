@@ -121,14 +121,19 @@ def test_corrupt_file_fails_then_is_retried_when_it_changes(watched: Watched) ->
     assert len([e for e in watched.events.of("corrupt") if e.action == "load-failed"]) == 1
 
 
-def test_deleting_the_active_version_folder_keeps_it_serving(watched: Watched) -> None:
-    """The active version's folder is deleted: it keeps serving from memory."""
+def test_deleting_the_active_version_folder_rolls_back(watched: Watched) -> None:
+    """The active version's folder is deleted: the model rolls back to the warm
+    previous version (an event names the cause), then the removed one is unloaded;
+    the hammering clients see no failure (checked by the fixture)."""
     shutil.rmtree(watched.repo / "deleted" / "2")
-    note = watched.events.wait_for(model="deleted", action="watch-note")
-    assert "keeps serving from memory" in note.reason
+    event = watched.events.wait_for(model="deleted", action="activate", to=1)
+    assert event.actor == "watcher" and event.from_version.number == 2
+    assert "active version 2 removed from the repository" in event.reason
+    watched.events.wait_for(model="deleted", action="unload", **{"from": 2})
     x = np.ones((1, 4), np.float32)
     result = client(watched.server.address).infer("deleted", [infer_input("INPUT0", x, "FP32")])
-    assert result.get_response().model_version == "2"
+    assert result.get_response().model_version == "1"
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), tiny_expected(x, 1), rtol=1e-6)
 
 
 def test_a_burst_activates_only_the_newest(watched: Watched) -> None:

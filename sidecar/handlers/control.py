@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar import __version__
@@ -49,6 +49,9 @@ class ModelView:
     guard_note: str = ""
     #: Why the last canary or shadow ended (superseded, aborted, a restart).
     note: str = ""
+    #: sidecar.json's `serve` now, the one last applied, and why the pod does not
+    #: serve it ("" each: none; see docs/gitops.md)
+    declared: tuple[str, str, str] = ("", "", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,9 @@ class VersionView:
     #: What the file says about itself; None until the version was loaded (it
     #: stays known after an unload, until the file changes)
     onnx: OnnxMeta | None = None
+    #: The git commit that last changed the file (`Commit.as_dict()` keys); empty:
+    #: not a git work tree, or unknown
+    commit: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +200,9 @@ class ControlPlane:
         return ModelView(entry.name, _ref(serving.active), _ref(serving.previous), entry.pinned,
                          serving.active is not None, tuple(sorted(serving.loaded)),
                          len(entry.versions), _ref(serving.canary), serving.canary_weight,
-                         _ref(serving.shadow), note, entry.note)
+                         _ref(serving.shadow), note, entry.note,
+                         (entry.declaring, entry.declared,
+                          entry.conflict(self._manager.quarantine)))
 
     def models(self) -> list[ModelView]:
         return [self.model_view(e) for e in self._manager.entries()]
@@ -231,6 +239,7 @@ class ControlPlane:
             created=iso8601(version.note_created()),
             updated=iso8601(identity.mtime_ns / 1e9) if identity else "",
             onnx=identity.onnx if identity else None,
+            commit=dict(await self._manager.loading.provenance(version)),
         )
 
     async def versions(self, model: str) -> list[VersionView]:

@@ -1,5 +1,5 @@
-"""The commands that change what serves: activate, rollback, load, unload, pin,
-guard settings, quarantine.
+"""The commands that change what serves: activate, rollback, replace, load,
+unload, pin, guard settings, quarantine.
 
 Each runs its whole state change under the model's lock: it checks, changes
 the serving state in one assignment, takes out what is beyond the budgets and
@@ -214,7 +214,7 @@ class Commands:
                     model, "activate", actor, reason,
                     from_version=old.number if old else 0, from_digest=old.digest if old else "",
                     to_version=version.number, to_digest=version.digest,
-                    details={"forced": "true"} if force else None))
+                    details={**version.commit, **({"forced": "true"} if force else {})}))
                 await p.notify(entry)
             await change.settle()
             return SwapResult(model, old, version, swap_ns, time.perf_counter_ns() - start)
@@ -253,7 +253,7 @@ class Commands:
             change.submit(p.events.make(
                 model, "rollback", actor, reason, from_version=old.number,
                 from_digest=old.digest, to_version=target.number, to_digest=target.digest,
-                details=details))
+                details={**target.commit, **(details or {})}))
             await p.notify(entry)
         await change.settle()
         return SwapResult(model, old, target, swap_ns, time.perf_counter_ns() - start)
@@ -278,6 +278,67 @@ class Commands:
             previous.deactivated_at = now
         return elapsed
 
+    async def replace(self, model: str, number: int, *, actor: str, reason: str = ""
+                      ) -> ModelVersion | None:
+        """Serve the bytes now on disk for a loaded version whose file changed (a
+        force-push, an edit): a fresh version of the same number is admitted off the
+        lock (loads, warm-up, not quarantined, signature compatible with the active
+        version) and takes the old one's place, in whatever role it had, in one
+        assignment; the old session drains and closes. None if the bytes on disk
+        turn out to be the loaded ones."""
+        p = self._p
+        entry = p.entry(model)
+        old = entry.versions.get(number)
+        if old is None or entry.serving.role(old) is None:
+            raise FailedPreconditionError(f"model '{model}' version {number} is not loaded")
+        fresh = ModelVersion(model, number, old.path, created=old.created)
+        await p.admission.prepare(fresh, actor, force=False)
+        if fresh.digest == old.digest:
+            p.residency.retire([fresh])
+            return None
+        async with entry.lock:
+            serving = entry.serving
+            try:
+                check_pin(entry, actor)
+                if entry.versions.get(number) is not old or serving.role(old) is None:
+                    raise FailedPreconditionError(
+                        f"model '{model}' version {number} changed meanwhile; retry")
+                p.admission.check_compatible(fresh, serving.active, force=False)
+            except Exception:
+                p.residency.retire([fresh])
+                raise
+
+            def swap(version: ModelVersion | None) -> ModelVersion | None:
+                return fresh if version is old else version
+            was_active = serving.active is old
+            forget_serving = await p.will_serve(entry, fresh) if was_active else None
+            change = Change(p, entry)
+            loaded = dict(serving.loaded)
+            loaded[number] = fresh
+            entry.serving = serving.but(
+                active=swap(serving.active), previous=swap(serving.previous),
+                canary=swap(serving.canary), shadow=swap(serving.shadow),
+                loaded=MappingProxyType(loaded))
+            entry.versions[number] = fresh
+            fresh.held, fresh.activated_at = old.held, old.activated_at
+            fresh.deactivated_at = old.deactivated_at
+
+            def undo() -> None:
+                entry.versions[number] = old
+                if forget_serving is not None:
+                    forget_serving()
+            change.undo = undo
+            if was_active:
+                p.swapped(entry, old, actor)
+            change.drop([old])
+            change.submit(p.events.make(
+                model, "replace", actor, reason, from_version=number, from_digest=old.digest,
+                to_version=number, to_digest=fresh.digest,
+                details={"role": (serving.role(old) or "").lower(), **fresh.commit}))
+            await p.notify(entry)
+        await change.settle()
+        return fresh
+
     # ---- what is loaded ----------------------------------------------------------------
 
     async def load(self, model: str, ref: str, *, actor: str, reason: str = "") -> ModelVersion:
@@ -301,7 +362,8 @@ class Commands:
                     change.drop(p.residency.evict(entry))
                 change.submit(p.events.make(model, "load", actor, reason,
                                             to_version=version.number,
-                                            to_digest=version.digest))
+                                            to_digest=version.digest,
+                                            details=dict(version.commit)))
                 await p.notify(entry)
             await change.settle()
             return version

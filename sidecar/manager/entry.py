@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sidecar.manager.serving import ServingState
@@ -31,12 +32,47 @@ class ModelEntry:
     #: What the saved state said of this model at start, written back unchanged
     #: while the model has not served since (a failed restore must not forget it).
     kept: SavedModel | None = None
+    #: The `serve` declaration of the model's sidecar.json last applied ("": none);
+    #: persisted: a declaration is applied when it changes (docs/gitops.md).
+    declared: str = ""
+    #: What sidecar.json declares now ("": nothing), and why applying it was last
+    #: refused ("": it was not); set by the repository sync.
+    declaring: str = ""
+    refusal: str = ""
 
     def state_of(self, version: ModelVersion) -> str:
         """The state reported for a version: its role while READY, else its phase."""
         if version.phase is Phase.READY:
             return self.serving.role(version) or Phase.READY.name
         return version.phase.name
+
+    def conflict(self, quarantine: Mapping[str, str]) -> str:
+        """Why the pod does not serve what sidecar.json declares ("" if it does, or
+        nothing is declared)."""
+        text, active = self.declaring, self.serving.active
+        if not text:
+            return ""
+        number = int(text) if text.isdigit() and len(text) < 12 else 0
+        if active is not None and (active.number == number if number
+                                   else active.digest.startswith(text)):
+            return ""
+        if number:
+            declared = self.versions.get(number)
+            digests = [declared.digest] if declared is not None and declared.digest else []
+        else:
+            digests = [d for d in quarantine if d.startswith(text)]
+        why = next((f"quarantined ({quarantine[d]})" for d in digests if d in quarantine), "")
+        if not why:
+            if self.pinned:
+                why = "the model is pinned"
+            elif self.refusal:
+                why = self.refusal
+            elif self.declared == text:
+                why = "changed since by a command or the guard"
+            else:
+                why = "not applied yet"
+        serving = f"version {active.number}" if active is not None else "nothing"
+        return f"sidecar.json declares serve: {text}, the pod serves {serving}: {why}"
 
     def skipped_reason(self, version: ModelVersion) -> str:
         """Why a version above the active one on disk is not serving ("" if none)."""

@@ -27,10 +27,14 @@ from sidecar.loader.onnx import (
 )
 from sidecar.manager.servable import Servable
 from sidecar.manager.version import ModelVersion, Phase
+from sidecar.source.provenance import last_commit
 
 log = logging.getLogger("sidecar.manager")
 
 Loader = Callable[[Path, SessionConfig], LoadedModel]
+#: How long a version's commit is trusted before `provenance` asks git again
+#: (a commit can land without the file changing).
+COMMIT_TTL_S = 5.0
 #: Told (version, actor, reason) when a load fails.
 FailureHook = Callable[[ModelVersion, str, str], Awaitable[None]]
 
@@ -66,6 +70,23 @@ class VersionLoading:
             return None
         return version.identity
 
+    async def provenance(self, version: ModelVersion) -> dict[str, str]:
+        """The git commit that last changed the version's file ({}: none), asked of
+        git in the load pool when the file changed or COMMIT_TTL_S passed."""
+        try:
+            st = version.path.stat()
+            stat = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        except OSError:
+            return version.commit
+        if version.commit_stat == stat \
+                and time.monotonic() - version.commit_read < COMMIT_TTL_S:
+            return version.commit
+        loop = asyncio.get_running_loop()
+        commit = await loop.run_in_executor(self._pool, last_commit, version.path)
+        version.commit = commit.as_dict() if commit is not None else {}
+        version.commit_stat, version.commit_read = stat, time.monotonic()
+        return version.commit
+
     async def ensure(self, version: ModelVersion, actor: str) -> bool:
         """Load and warm up a version unless it is READY; one load at a time per version.
 
@@ -96,6 +117,7 @@ class VersionLoading:
         except BaseException:
             version.phase, version.reason = Phase.UNLOADED, ""  # cancelled: not loaded
             raise
+        await self.provenance(version)
         servable = Servable(version, loaded)
         if self._batching is not None:
             servable.batcher = self._batching(servable)

@@ -254,6 +254,7 @@ class ModelManager:
             entry.pinned, entry.watermark = saved_model.pinned, saved_model.watermark
             entry.guard = dict(saved_model.guard)
             entry.probation_until = saved_model.probation_until
+            entry.declared = saved_model.declared
             entry.kept = saved.models.get(name)
             self._models[name] = entry
         restorer = Restorer(self.loading, self.journal, self.events,
@@ -346,13 +347,33 @@ class ModelManager:
         serving = entry.serving
         return ModelFacts(True, serving.active.number if serving.active else 0,
                           frozenset(serving.loaded), entry.pinned, entry.watermark,
-                          entry.unloaded)
+                          entry.unloaded, serving.previous.number if serving.previous else 0,
+                          entry.declared)
 
     async def raise_watermark(self, model: str, number: int) -> None:
         entry = self._models.get(model)
         if entry is not None and number > entry.watermark:
             entry.watermark = number
             await self.journal.persist()
+
+    async def set_watermark(self, model: str, number: int) -> None:
+        """Set the highest version handled, lower too (a version removed from the
+        repository is new again when it comes back)."""
+        entry = self._models.get(model)
+        if entry is not None and number != entry.watermark:
+            entry.watermark = number
+            await self.journal.persist()
+
+    async def set_declared(self, model: str, text: str) -> None:
+        """Record the `serve` declaration as applied (persisted)."""
+        entry = self._models.get(model)
+        if entry is not None and text != entry.declared:
+            entry.declared = text
+            await self.journal.persist()
+
+    async def replace(self, model: str, number: int, *, actor: str, reason: str = ""
+                      ) -> ModelVersion | None:
+        return await self.commands.replace(model, number, actor=actor, reason=reason)
 
     async def forget(self, model: str, *, actor: str, reason: str) -> None:
         """Drop a model whose folder is gone: unload it (after draining), forget it."""
@@ -385,9 +406,11 @@ class ModelManager:
                 # not restored (yet): keep what was saved, as commands left it
                 models[entry.name] = replace(entry.kept, pinned=entry.pinned,
                                              watermark=entry.watermark,
-                                             guard=dict(entry.guard), candidate=None)
+                                             guard=dict(entry.guard), candidate=None,
+                                             declared=entry.declared)
                 continue
-            if active is None and not entry.unloaded and not entry.pinned and not entry.guard:
+            if (active is None and not entry.unloaded and not entry.pinned and not entry.guard
+                    and not entry.declared):
                 continue  # never served: the next start tries again from scratch
             models[entry.name] = SavedModel(
                 VersionRef(active.number, active.digest) if active else None,
@@ -399,6 +422,7 @@ class ModelManager:
                 entry.probation_until if active is not None else 0.0,
                 ("canary" if candidate is serving.canary else "shadow",
                  VersionRef(candidate.number, candidate.digest)) if candidate else None,
+                entry.declared,
             )
         return SavedState(models, dict(self.quarantine), str(self._repository.absolute()),
                           self.events.last_seq)

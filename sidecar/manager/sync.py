@@ -1,10 +1,13 @@
 """Apply what the watcher sees to the manager, model by model, as actor `watcher`.
 
 For each snapshot, each model's actions come from the pure `plan`; this module
-carries them out through the manager's commands (so every change is the same
-swap, persisted and logged like a command's) and records a reason for every
-skip. A version that fails to load is remembered with its file bytes and
-retried only when the file changes; the next lower complete version is tried
+gathers what the plan needs that takes I/O (the model's `serve` declaration,
+resolved to a version on disk; which loaded versions' files now hold other
+bytes, by digest, hashed off the loop and only when a file's stat changed),
+carries the actions out through the manager's commands (so every change is
+the same swap, persisted and logged like a command's) and records a reason
+for every skip. A version that fails to load is remembered with its file
+bytes and retried only when the file changes; the next candidate is planned
 at once instead. Models are synced in parallel, each one's actions in order.
 """
 
@@ -13,13 +16,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from sidecar.errors import FailedPreconditionError, NotFoundError, UnavailableError
+from sidecar.errors import (
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
+)
+from sidecar.manager.entry import ModelEntry
 from sidecar.manager.manager import ModelManager
-from sidecar.manager.plan import Action, Memory, Policy, plan
+from sidecar.manager.plan import Action, Declaration, Memory, Policy, plan
+from sidecar.manager.refs import MIN_DIGEST_PREFIX
 from sidecar.manager.version import Phase
-from sidecar.source.policy import read_policy
+from sidecar.source.policy import read_declaration, read_policy
+from sidecar.source.repository import parse_version
 from sidecar.source.watcher import Snapshot, VersionSeen, file_state
 
 log = logging.getLogger("sidecar.sync")
@@ -37,6 +49,10 @@ class RepositorySync:
         self._repository = repository
         self._default = default_policy
         self.memory = Memory()
+        #: the last conflict announced per model (an event when it changes)
+        self._conflicts: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        manager.add_swap_hook(self._swapped)
         self._seed()
 
     def _seed(self) -> None:
@@ -59,27 +75,118 @@ class RepositorySync:
         policy_name, problem = read_policy(self._repository / name, self._default)
         if problem:
             await self._note_once(name, 0, problem)
+        declared_text, problem = read_declaration(self._repository / name)
+        if problem:
+            await self._note_once(name, 0, problem)
+        if self._manager.has_model(name):
+            self._manager.entry(name).declaring = declared_text
+        refused = ""
         for _ in range(_MAX_ATTEMPTS):
-            actions = plan(name, seen, self._manager.facts(name), Policy(policy_name),
-                           self.memory)
+            facts = self._manager.facts(name)
+            declared = await self._resolve(name, declared_text, seen)
+            if seen is not None and facts.known:
+                facts = replace(facts, rewritten=await self._rewritten(name, seen))
+            actions = plan(name, seen, facts, Policy(policy_name), self.memory, declared)
             retry = False
             for action in actions:
-                retry = await self._carry_out(name, action) or retry
+                outcome = await self._carry_out(name, action)
+                if outcome and action.declare is not None:
+                    refused = outcome
+                if outcome and action.state is not None:
+                    retry = True  # these bytes are skipped now: plan the next candidate
+                    break
             if not retry:
                 break
+        await self._record_declaration(name, declared_text, refused)
         if self._on_model is not None and self._manager.has_model(name):
             changed = self._on_model(name)
             if changed:
                 await self._manager.note(name, "guard-settings", actor=ACTOR, details=changed,
                                          reason="guard settings changed in the model's file")
 
-    async def _carry_out(self, name: str, action: Action) -> bool:
-        """Do one action; True if the model should be planned again at once."""
+    async def _resolve(self, name: str, text: str, seen: dict[int, VersionSeen] | None
+                       ) -> Declaration:
+        """The declaration with the version on disk it names (digests by hashing the
+        model's files, off the loop, each only when its stat changed)."""
+        if not text:
+            return Declaration()
+        number = parse_version(text)
+        if number is not None and len(text) < MIN_DIGEST_PREFIX:
+            return Declaration(text, number)
+        if not self._manager.has_model(name):
+            return Declaration(text, problem=f"serve: {text}: resolved once the model is"
+                               " loaded", by_digest=True)
+        entry = self._manager.entry(name)
+        try:
+            version = await self._manager.resolve(entry, text)
+        except (NotFoundError, InvalidInputError) as exc:
+            return Declaration(text, problem=f"serve: {exc}", by_digest=True)
+        if seen is not None and version.number in seen and seen[version.number].vanishing:
+            return Declaration(text, problem=f"serve: digest {text[:12]} is going away",
+                               by_digest=True)
+        return Declaration(text, version.number, by_digest=True)
+
+    async def _rewritten(self, name: str, seen: dict[int, VersionSeen]) -> frozenset[int]:
+        """Loaded versions whose complete file on disk holds other bytes than the
+        loaded session (a stat change alone, as a git-sync swap makes, is not one)."""
+        entry = self._manager.entry(name)
+        found = set()
+        for number, version in entry.serving.loaded.items():
+            disk = seen.get(number)
+            servable = version.servable
+            if disk is None or disk.state is None or not disk.complete or disk.vanishing \
+                    or servable is None:
+                continue
+            identity = await self._manager.identify(version)
+            if identity is not None and identity.digest != servable.digest:
+                found.add(number)
+        return frozenset(found)
+
+    async def _record_declaration(self, name: str, text: str, refused: str) -> None:
+        """Remember what the model's file declares and why applying it was refused."""
+        if not self._manager.has_model(name):
+            return
+        entry = self._manager.entry(name)
+        entry.declaring, entry.refusal = text, refused if text else ""
+        await self._announce(name)
+
+    def _swapped(self, entry: ModelEntry, before: object, actor: str) -> None:
+        """After any change of what serves (a command, the guard): a declaration the
+        pod no longer follows is announced."""
+        if entry.declaring and actor != ACTOR:
+            task = asyncio.get_running_loop().create_task(self._announce(entry.name))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, name: str) -> None:
+        """An event when the conflict between sidecar.json and what serves changes."""
+        if not self._manager.has_model(name):
+            return
+        conflict = self._manager.entry(name).conflict(self._manager.quarantine)
+        if conflict == self._conflicts.get(name, ""):
+            return
+        self._conflicts[name] = conflict
+        if conflict:
+            log.warning("declaration not served", extra={"model": name, "reason": conflict})
+            await self._manager.note(name, "declaration-conflict", actor=ACTOR,
+                                     reason=conflict)
+
+    async def _carry_out(self, name: str, action: Action) -> str:
+        """Do one action; a non-empty text (why it failed) if the model should be
+        planned again at once."""
         manager, v = self._manager, action.version
         try:
             if action.kind == "activate":
                 await manager.activate(name, str(v), actor=ACTOR, reason=action.reason)
-                await manager.raise_watermark(name, v)
+                if action.watermark:
+                    await manager.set_watermark(name, action.watermark)
+                else:
+                    await manager.raise_watermark(name, v)
+            elif action.kind == "replace":
+                await manager.replace(name, v, actor=ACTOR, reason=action.reason)
+            elif action.kind == "declare":
+                await manager.note(name, "declared", actor=ACTOR, reason=action.reason,
+                                   version=v)
             elif action.kind == "load":
                 await manager.load(name, str(v), actor=ACTOR, reason=action.reason)
                 await manager.raise_watermark(name, v)
@@ -99,10 +206,12 @@ class RepositorySync:
             if isinstance(exc, FailedPreconditionError):
                 await manager.note(name, "watch-skipped", actor=ACTOR, reason=str(exc),
                                    version=v)
-            return True
+            return str(exc) or type(exc).__name__
         except NotFoundError:
-            return False  # gone meanwhile: the next snapshot says what is there
-        return False
+            return ""  # gone meanwhile: the next snapshot says what is there
+        if action.declare is not None:
+            await manager.set_declared(name, action.declare)
+        return ""
 
     async def _note_once(self, name: str, version: int, reason: str) -> None:
         key = f"{name}\0{version}\0{reason}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.loader.onnx import FileIdentity, LoadedModel
@@ -76,6 +76,11 @@ class ModelVersion:
     #: 0.0 until its folder or file could be read. Not persisted: after a
     #: restart it is read again from the folder and file as they are then.
     created: float = 0.0
+    #: The git commit that last changed the file (`Commit.as_dict()`; {}: none or
+    #: not a git work tree), and when and for which file state it was read.
+    commit: dict[str, str] = field(default_factory=dict)
+    commit_stat: tuple[int, ...] = ()
+    commit_read: float = 0.0  # time.monotonic()
 
     def __post_init__(self) -> None:
         if not self.created:

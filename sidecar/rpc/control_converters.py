@@ -54,6 +54,8 @@ def model_info(view: ModelView) -> pb.ModelInfo:
         canary_weight_percent=view.canary_weight * 100, shadow=_ref(view.shadow),
         guard_note=view.guard_note,
         note=view.note,
+        declaration=pb.Declaration(serve=view.declared[0], applied=view.declared[1],
+                                   conflict=view.declared[2]) if any(view.declared) else None,
     )
 
 
@@ -90,6 +92,10 @@ def version_info(v: VersionView) -> pb.VersionInfo:
             preferred_batch_size=v.batching[2], refused=v.batching[3],
             batches=v.batching[4]),
         created=v.created, updated=v.updated, onnx=_onnx(v.onnx),
+        commit=pb.GitCommit(
+            hash=v.commit.get("commit", ""), time=v.commit.get("commit_time", ""),
+            subject=v.commit.get("commit_subject", ""),
+            shallow=v.commit.get("commit_shallow") == "true") if v.commit else None,
     )
 
 

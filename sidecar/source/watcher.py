@@ -9,8 +9,11 @@ what is on disk now.
 
 A version's `model.onnx` is *complete* once its size and times have not changed
 for the settle time (by our own observation, or by its mtime being that old:
-an atomically renamed folder is complete at once). While something settles,
-the watcher wakes itself up to look again. It runs with inotify (watchfiles) or
+an atomically renamed folder is complete at once). A complete version whose
+file or folder disappears is still reported, as *vanishing*, for the settle
+time: `git checkout` unlinks a file before it writes the new one, and a
+removal counts only once it has lasted. While something settles, the watcher
+wakes itself up to look again. It runs with inotify (watchfiles) or
 by polling (`--watch-poll`), rescans in full every 30 s as a backstop, and is
 restarted, with a full rescan, if it fails.
 """
@@ -47,6 +50,8 @@ class VersionSeen:
     path: Path
     state: FileState | None  # None: no model file
     complete: bool
+    #: gone from disk for less than the settle time: reported as it was last seen
+    vanishing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,10 @@ class Settler:
     def __init__(self, settle_s: float) -> None:
         self.settle_ns = int(settle_s * 1e9)
         self._first_seen: dict[Path, tuple[FileState, int]] = {}
+        #: complete files as last seen, by path: (model, number, state)
+        self._present: dict[Path, tuple[str, int, FileState]] = {}
+        #: path -> when it was first seen missing
+        self._gone_since: dict[Path, int] = {}
 
     def complete(self, path: Path, state: FileState | None, now_ns: int) -> bool:
         if state is None:
@@ -85,12 +94,32 @@ class Settler:
         old_enough = now_ns - state.mtime_ns >= self.settle_ns
         return old_enough or now_ns - seen[1] >= self.settle_ns
 
+    def vanishing(self, present: dict[Path, tuple[str, int, FileState]],
+                  existing: set[Path], now_ns: int) -> list[tuple[str, int, Path, FileState]]:
+        """Complete files seen before and missing now, for less than the settle
+        time: (model, number, path, state last seen). `present` holds this scan's
+        complete files, `existing` every file it found (one being rewritten is
+        not missing); `present` becomes what the next scan compares with."""
+        going: list[tuple[str, int, Path, FileState]] = []
+        for path, (model, number, state) in self._present.items():
+            if path in existing:
+                continue
+            since = self._gone_since.get(path, now_ns)
+            if now_ns - since < self.settle_ns:
+                going.append((model, number, path, state))
+                present[path] = (model, number, state)  # look again next time
+        self._gone_since = {path: self._gone_since.get(path, now_ns) for _, _, path, _ in going}
+        self._present = present
+        return going
+
 
 def take_snapshot(root: Path, settler: Settler) -> Snapshot:
     now = time.time_ns()
     models: dict[str, dict[int, VersionSeen]] = {}
     settling = False
     unreadable: set[str] = set()
+    present: dict[Path, tuple[str, int, FileState]] = {}
+    existing: set[Path] = set()
     for name, versions in scan_repository(root, unreadable).items():
         seen: dict[int, VersionSeen] = {}
         for number, disk in versions.items():
@@ -98,7 +127,17 @@ def take_snapshot(root: Path, settler: Settler) -> Snapshot:
             complete = settler.complete(disk.path, state, now)
             settling = settling or (state is not None and not complete)
             seen[number] = VersionSeen(number, disk.path, state, complete)
+            if state is not None:
+                existing.add(disk.path)
+                if complete:
+                    present[disk.path] = (name, number, state)
         models[name] = seen
+    for name, number, path, state in settler.vanishing(present, existing, now):
+        if name in unreadable:
+            continue
+        settling = True
+        models.setdefault(name, {})[number] = VersionSeen(number, path, state, True,
+                                                          vanishing=True)
     return Snapshot(models, settling, frozenset(unreadable))
 
 

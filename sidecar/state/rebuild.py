@@ -54,6 +54,12 @@ def rebuild(events: Iterable[Event], repository: str) -> SavedState:
                 m.previous = _ref(e.from_version, e.from_digest) or before
             m.unloaded = False
             m.watermark = max(m.watermark, e.to_version)
+        elif action == "replace" and _ref(e.to_version, e.to_digest):
+            # new bytes of the same number, in whatever role it had
+            if m.active is not None and m.active.number == e.to_version:
+                m.active = _ref(e.to_version, e.to_digest)
+            elif m.previous is not None and m.previous.number == e.to_version:
+                m.previous = _ref(e.to_version, e.to_digest)
         elif action == "restore" and "stays unloaded" in e.reason:
             m.active, m.previous, m.unloaded = None, None, True
         elif action == "unload" and not e.from_version:

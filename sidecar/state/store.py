@@ -51,6 +51,8 @@ class SavedModel:
     probation_until: float = 0.0
     #: The canary or shadow running when this was saved: (kind, version).
     candidate: tuple[str, VersionRef] | None = None
+    #: The `serve` declaration of sidecar.json last applied (docs/gitops.md).
+    declared: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -77,6 +79,7 @@ class SavedModel:
             bool(m.get("unloaded", active is None)),
             probation,
             (str(candidate["kind"]), ref) if isinstance(candidate, dict) and ref else None,
+            str(m.get("declared", "")),
         )
 
 

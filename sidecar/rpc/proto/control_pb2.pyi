@@ -41,7 +41,7 @@ class VersionCounters(_message.Message):
     def __init__(self, requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., inflight: _Optional[int] = ...) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("model", "number", "digest", "size", "mtime", "ctime", "loaded_at", "activated_at", "path", "state", "reason", "inputs", "outputs", "counters", "quarantined", "batching", "created", "updated", "onnx")
+    __slots__ = ("model", "number", "digest", "size", "mtime", "ctime", "loaded_at", "activated_at", "path", "state", "reason", "inputs", "outputs", "counters", "quarantined", "batching", "created", "updated", "onnx", "commit")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class VersionInfo(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     ONNX_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
     model: str
     number: int
     digest: str
@@ -80,7 +81,20 @@ class VersionInfo(_message.Message):
     created: str
     updated: str
     onnx: OnnxMetadata
-    def __init__(self, model: _Optional[str] = ..., number: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., loaded_at: _Optional[float] = ..., activated_at: _Optional[float] = ..., path: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., counters: _Optional[_Union[VersionCounters, _Mapping]] = ..., quarantined: _Optional[bool] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., created: _Optional[str] = ..., updated: _Optional[str] = ..., onnx: _Optional[_Union[OnnxMetadata, _Mapping]] = ...) -> None: ...
+    commit: GitCommit
+    def __init__(self, model: _Optional[str] = ..., number: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., mtime: _Optional[float] = ..., ctime: _Optional[float] = ..., loaded_at: _Optional[float] = ..., activated_at: _Optional[float] = ..., path: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., counters: _Optional[_Union[VersionCounters, _Mapping]] = ..., quarantined: _Optional[bool] = ..., batching: _Optional[_Union[Batching, _Mapping]] = ..., created: _Optional[str] = ..., updated: _Optional[str] = ..., onnx: _Optional[_Union[OnnxMetadata, _Mapping]] = ..., commit: _Optional[_Union[GitCommit, _Mapping]] = ...) -> None: ...
+
+class GitCommit(_message.Message):
+    __slots__ = ("hash", "time", "subject", "shallow")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SHALLOW_FIELD_NUMBER: _ClassVar[int]
+    hash: str
+    time: str
+    subject: str
+    shallow: bool
+    def __init__(self, hash: _Optional[str] = ..., time: _Optional[str] = ..., subject: _Optional[str] = ..., shallow: _Optional[bool] = ...) -> None: ...
 
 class OnnxMetadata(_message.Message):
     __slots__ = ("producer_name", "producer_version", "domain", "doc_string", "model_version", "graph_name", "metadata_props", "metadata_props_dropped")
@@ -124,7 +138,7 @@ class Batching(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ..., preferred_batch_size: _Optional[_Iterable[int]] = ..., refused: _Optional[str] = ..., batches: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "active", "previous", "pinned", "ready", "loaded_versions", "versions_on_disk", "canary", "canary_weight_percent", "shadow", "guard_note", "note")
+    __slots__ = ("name", "active", "previous", "pinned", "ready", "loaded_versions", "versions_on_disk", "canary", "canary_weight_percent", "shadow", "guard_note", "note", "declaration")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +151,7 @@ class ModelInfo(_message.Message):
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     GUARD_NOTE_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    DECLARATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     active: VersionRef
     previous: VersionRef
@@ -149,7 +164,18 @@ class ModelInfo(_message.Message):
     shadow: VersionRef
     guard_note: str
     note: str
-    def __init__(self, name: _Optional[str] = ..., active: _Optional[_Union[VersionRef, _Mapping]] = ..., previous: _Optional[_Union[VersionRef, _Mapping]] = ..., pinned: _Optional[bool] = ..., ready: _Optional[bool] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., versions_on_disk: _Optional[int] = ..., canary: _Optional[_Union[VersionRef, _Mapping]] = ..., canary_weight_percent: _Optional[float] = ..., shadow: _Optional[_Union[VersionRef, _Mapping]] = ..., guard_note: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+    declaration: Declaration
+    def __init__(self, name: _Optional[str] = ..., active: _Optional[_Union[VersionRef, _Mapping]] = ..., previous: _Optional[_Union[VersionRef, _Mapping]] = ..., pinned: _Optional[bool] = ..., ready: _Optional[bool] = ..., loaded_versions: _Optional[_Iterable[int]] = ..., versions_on_disk: _Optional[int] = ..., canary: _Optional[_Union[VersionRef, _Mapping]] = ..., canary_weight_percent: _Optional[float] = ..., shadow: _Optional[_Union[VersionRef, _Mapping]] = ..., guard_note: _Optional[str] = ..., note: _Optional[str] = ..., declaration: _Optional[_Union[Declaration, _Mapping]] = ...) -> None: ...
+
+class Declaration(_message.Message):
+    __slots__ = ("serve", "applied", "conflict")
+    SERVE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_FIELD_NUMBER: _ClassVar[int]
+    serve: str
+    applied: str
+    conflict: str
+    def __init__(self, serve: _Optional[str] = ..., applied: _Optional[str] = ..., conflict: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
