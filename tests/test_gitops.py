@@ -351,3 +351,36 @@ def test_git_sync_layout_follows_and_rolls_back_on_revert(
         events.close()
     assert totals.get("failed", 0) == 0 and totals.get("wrong", 0) == 0, totals
     assert totals["ok"] > 0
+
+
+def test_an_applied_declaration_is_not_applied_again_after_a_restart(
+        tmp_path: Path, start_server: Any) -> None:
+    """Edge-triggered: `serve: 1` applied, then an operator activates version 2; after
+    a restart the pod serves 2 (its saved state) and does not re-apply the unchanged
+    declaration; the conflict says the pod was moved by a command."""
+    repo, state = tmp_path / "repo", tmp_path / "state"
+    for version in (1, 2):
+        put(repo, "m", version)
+    (repo / "m" / "sidecar.json").write_text(json.dumps({"serve": 1}))
+    server = start_server(repo, "--watch-settle-ms", str(SETTLE_MS), state_dir=state)
+    events = EventStream(server.control_address)
+    ctl = control_stub(server.control_address)
+    events.wait_for(model="m", action="activate", to=1)
+    ctl.Activate(cpb.ActivateRequest(model="m", version="2", actor="test"), timeout=30)
+    conflict = events.wait_for(model="m", action="declaration-conflict")
+    assert "changed since by a command or the guard" in conflict.reason
+    events.close()
+    assert server.stop() == 0
+    last = conflict.seq  # the event log outlives the restart: look after this
+    again = start_server(repo, "--watch-settle-ms", str(SETTLE_MS), state_dir=state)
+    events = EventStream(again.control_address)
+    try:
+        events.wait_for(model="m", action="restore", to=2, after=last)
+        events.wait_for(model="m", action="declaration-conflict", after=last)
+        model = control_stub(again.control_address).Status(
+            cpb.StatusRequest(), timeout=10).models[0]
+        assert model.active.number == 2
+        assert (model.declaration.serve, model.declaration.applied) == ("1", "1")
+        assert not [e for e in events.of("m") if e.action == "activate" and e.seq > last]
+    finally:
+        events.close()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.manager.plan import Action, Declaration, Memory, ModelFacts, Policy, plan
-from sidecar.source.watcher import FileState, VersionSeen
+from sidecar.source.policy import read_declaration
+from sidecar.source.watcher import FileState, Settler, VersionSeen
 
 
 def v(number: int, *, complete: bool = True, size: int = 100, file: bool = True,
@@ -200,3 +201,47 @@ def test_a_retreat_lowers_the_watermark_to_the_highest_version_left() -> None:
     so the version is new again if the removal is reverted."""
     actions = plan("m", disk(v(1), v(2)), SERVING_3, Policy.ACTIVATE, Memory())
     assert actions[0].kind == "activate" and actions[0].watermark == 2
+
+
+def test_a_vanished_file_is_reported_for_the_settle_time_then_dropped() -> None:
+    """The watcher's Settler: a complete file missing from a scan is reported as it
+    was (vanishing) until it has been missing for the settle time; one that comes
+    back (rewritten in place by git) is not missing."""
+    settler = Settler(settle_s=0.5)
+    path, state = Path("/r/m/2/model.onnx"), FileState(100, 1, 7)
+    ms = 1_000_000
+    assert settler.vanishing({path: ("m", 2, state)}, {path}, 0) == []
+    assert settler.vanishing({}, set(), 100 * ms) == [("m", 2, path, state)]
+    assert settler.vanishing({}, set(), 599 * ms) == [("m", 2, path, state)]
+    assert settler.vanishing({}, set(), 600 * ms) == []  # gone for 0.5 s: removed
+    assert settler.vanishing({}, set(), 700 * ms) == []
+    # back (being rewritten: it exists, not complete yet): not vanishing
+    assert settler.vanishing({path: ("m", 2, state)}, {path}, 800 * ms) == []
+    assert settler.vanishing({}, {path}, 900 * ms) == []
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("", ("", False)),
+    ('{"on_new_version": "load"}', ("", False)),
+    ('{"serve": 3}', ("3", False)),
+    ('{"serve": "3"}', ("3", False)),
+    ('{"serve": "sha256:' + "AB" * 32 + '"}', ("ab" * 32, False)),
+    ('{"serve": "abcdef012345"}', ("abcdef012345", False)),
+    ('{"serve": 0}', ("", True)),
+    ('{"serve": true}', ("", True)),
+    ('{"serve": "latest"}', ("", True)),
+    ('{"serve": "abc"}', ("", True)),
+    ('{"serve": 3.5}', ("", True)),
+    ('{"serve": [3]}', ("", True)),
+], ids=["no file", "no key", "number", "number as text", "sha256: digest", "digest prefix",
+        "zero", "boolean", "a word", "short hex", "fraction", "a list"])
+def test_serve_declarations_are_read_strictly(tmp_path: Path, content: str,
+                                              expected: tuple[str, bool]) -> None:
+    """`serve` is a version number or a 12+ hex digest (prefix); anything else is
+    reported (with the file's name) and ignored."""
+    if content:
+        (tmp_path / "sidecar.json").write_text(content)
+    text, problem = read_declaration(tmp_path)
+    assert (text, bool(problem)) == expected
+    if problem:
+        assert "sidecar.json: serve must be a version number" in problem
