@@ -384,3 +384,27 @@ def test_an_applied_declaration_is_not_applied_again_after_a_restart(
         assert not [e for e in events.of("m") if e.action == "activate" and e.seq > last]
     finally:
         events.close()
+
+
+def test_a_new_model_serves_the_digest_it_declares(tmp_path: Path, start_server: Any) -> None:
+    """A model folder that appears with `serve` naming a digest: that version serves,
+    not the newest."""
+    repo = tmp_path / "repo"
+    put(repo, "base", 1)
+    server = start_server(repo, "--watch-settle-ms", str(SETTLE_MS))
+    events = EventStream(server.control_address)
+    try:
+        staging = tmp_path / "staging"
+        for version in (1, 2, 3):
+            put(staging, "fresh", version)
+        (staging / "fresh" / "sidecar.json").write_text(
+            json.dumps({"serve": sha256(tiny_bytes(2))[:16]}))
+        (staging / "fresh").rename(repo / "fresh")
+        event = events.wait_for(model="fresh", action="activate", to=2)
+        assert "serving the declared version" in event.reason
+        assert [e.to_version.number for e in events.of("fresh")
+                if e.action == "activate"] == [2]  # never the newest first
+        assert control_stub(server.control_address).Status(
+            cpb.StatusRequest(), timeout=10).models[1].active.number == 2
+    finally:
+        events.close()

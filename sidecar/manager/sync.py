@@ -22,9 +22,11 @@ from pathlib import Path
 from sidecar.errors import (
     FailedPreconditionError,
     InvalidInputError,
+    ModelLoadError,
     NotFoundError,
     UnavailableError,
 )
+from sidecar.loader.onnx import file_identity
 from sidecar.manager.entry import ModelEntry
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.plan import Action, Declaration, Memory, Policy, plan
@@ -87,7 +89,8 @@ class RepositorySync:
             if seen is not None and facts.known:
                 facts = replace(facts, rewritten=await self._rewritten(name, seen))
             actions = plan(name, seen, facts, Policy(policy_name), self.memory, declared)
-            retry = False
+            # a new model's digest declaration resolves once the model exists: plan again
+            retry = bool(declared.problem and not facts.known and actions)
             for action in actions:
                 outcome = await self._carry_out(name, action)
                 if outcome and action.declare is not None:
@@ -114,8 +117,7 @@ class RepositorySync:
         if number is not None and len(text) < MIN_DIGEST_PREFIX:
             return Declaration(text, number)
         if not self._manager.has_model(name):
-            return Declaration(text, problem=f"serve: {text}: resolved once the model is"
-                               " loaded", by_digest=True)
+            return await self._resolve_on_disk(text, seen)
         entry = self._manager.entry(name)
         try:
             version = await self._manager.resolve(entry, text)
@@ -125,6 +127,25 @@ class RepositorySync:
             return Declaration(text, problem=f"serve: digest {text[:12]} is going away",
                                by_digest=True)
         return Declaration(text, version.number, by_digest=True)
+
+    @staticmethod
+    async def _resolve_on_disk(text: str, seen: dict[int, VersionSeen] | None) -> Declaration:
+        """A digest declared by a model the manager does not know yet: hash its
+        complete version files (off the loop) to find the one it names."""
+        matches = []
+        for number, disk in sorted((seen or {}).items()):
+            if disk.state is None or not disk.complete or disk.vanishing:
+                continue
+            try:
+                identity = await asyncio.to_thread(file_identity, disk.path)
+            except (ModelLoadError, OSError):
+                continue
+            if identity.digest.startswith(text):
+                matches.append(number)
+        if len(matches) == 1:
+            return Declaration(text, matches[0], by_digest=True)
+        why = "matches no version on disk" if not matches else "matches several versions"
+        return Declaration(text, problem=f"serve: digest {text[:12]} {why}", by_digest=True)
 
     async def _rewritten(self, name: str, seen: dict[int, VersionSeen]) -> frozenset[int]:
         """Loaded versions whose complete file on disk holds other bytes than the
