@@ -94,6 +94,17 @@ print("smoke test: numpy", np.__version__, "onnxruntime", ort.__version__, "grpc
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title=sidecar
 
+# git, for provenance only: when the model repository is a git work tree (git-sync,
+# a clone), each version shows the commit that last changed its file (`git log -1`
+# off the request path; docs/gitops.md). Without recommends: no man pages, no ssh.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
+    /usr/share/doc/* /usr/share/man/* \
+ && git --version
+
 # A fixed non-root uid/gid: deploy/kubernetes uses the same numbers (runAsUser),
 # and tests/test_deploy.py checks that they agree. --no-log-init: no sparse lastlog.
 RUN groupadd --gid 10001 sidecar \

@@ -366,6 +366,8 @@ ok "state.json written in the /var/lib/sidecar volume"
 compilers=$(podman exec "$NAME" sh -c 'for c in gcc cc c++ g++ clang make; do command -v "$c" || true; done')
 [[ -z $compilers ]] || die "compilers in the final image: $compilers"
 ok "no compiler in the final image"
+podman exec "$NAME" git --version >/dev/null || die "no git in the final image (provenance needs it)"
+ok "git in the final image (a version's commit, when the repository is a git work tree)"
 leftovers=$(podman exec "$NAME" sh -c 'cd /opt/venv && ls -d bin/pip* lib/python3*/site-packages/pip lib/python3*/site-packages/setuptools 2>/dev/null; find . -type d \( -name tests -o -name f2py -o -name transformers -o -name quantization \)')
 [[ -z $leftovers ]] || die "the venv still holds what serving never loads: $leftovers"
 ok "no pip, setuptools, test suites, f2py or onnxruntime offline tools in the venv"
