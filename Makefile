@@ -18,7 +18,7 @@ STATE_DIR      ?=
 ARGS           ?= status
 CONTROL        := $(subst 0.0.0.0:,127.0.0.1:,$(CONTROL_LISTEN))
 
-.PHONY: run ctl test lint unit proto models bench clean
+.PHONY: run ctl test lint unit test-deps proto models bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,10 +56,30 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-unit: $(VENV)/.test
+unit: $(VENV)/.test test-deps
 	$(BIN)/pytest
 
-## proto: regenerate sidecar/rpc/proto from proto/
+# The programs the tests run for real besides Python: etcd (tests/etcd_server.py),
+# Debian's etcd-server, installed when missing (as root, with apt-get). A policy-rc.d
+# that forbids starting services keeps the package's own default instance (on
+# 2379/2380) from starting during the install; the tests use free ports anyway.
+test-deps:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || { \
+	    echo "etcd is not on PATH: install it (Debian: apt-get install etcd-server)" >&2; exit 1; }; \
+	  echo "installing etcd-server (Debian) for the tests"; \
+	  policy=/usr/sbin/policy-rc.d; own=; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' >$$policy; chmod 755 $$policy; own=1; fi; \
+	  apt-get update -q >/tmp/sidecar-test-deps.log 2>&1 \
+	    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-server \
+	       >>/tmp/sidecar-test-deps.log 2>&1; rc=$$?; \
+	  [ -z "$$own" ] || rm -f $$policy; \
+	  [ $$rc = 0 ] || { tail -20 /tmp/sidecar-test-deps.log >&2; \
+	    echo "installing etcd-server failed (log: /tmp/sidecar-test-deps.log)" >&2; exit 1; }; \
+	  command -v etcd >/dev/null 2>&1 || { echo "etcd-server installed, but no etcd on PATH" >&2; exit 1; }; \
+	}
+
+## proto: regenerate sidecar/rpc/proto and sidecar/fleet/proto from proto/
 proto: $(VENV)/.test
 	$(BIN)/python scripts/gen_proto.py
 

@@ -15,15 +15,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PACKAGE_DIR = Path("sidecar/rpc/proto")
+# Each folder of proto/ that holds .proto files, and the package its code lands in
+# (the same path): the data and control planes, and the etcd client's own subset.
+PACKAGE_DIRS = (Path("sidecar/rpc/proto"), Path("sidecar/fleet/proto"))
 
 
 def generate(out_root: Path) -> list[Path]:
     """Run protoc (from grpcio-tools) on every .proto, writing under out_root."""
     from grpc_tools import protoc  # imported late: only this script needs it
 
-    protos = sorted((PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
-    (out_root / PACKAGE_DIR).mkdir(parents=True, exist_ok=True)
+    protos = sorted(p for d in PACKAGE_DIRS for p in (PROTO_ROOT / d).glob("*.proto"))
+    for package_dir in PACKAGE_DIRS:
+        (out_root / package_dir).mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
@@ -34,7 +37,8 @@ def generate(out_root: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted(p for p in (out_root / PACKAGE_DIR).iterdir() if p.suffix in {".py", ".pyi"})
+    return sorted(p for d in PACKAGE_DIRS for p in (out_root / d).iterdir()
+                  if p.suffix in {".py", ".pyi"})
 
 
 def main() -> int:
@@ -46,11 +50,11 @@ def main() -> int:
             print(path.relative_to(ROOT))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = generate(Path(tmp))
+        fresh = [p.relative_to(tmp) for p in generate(Path(tmp))]
         stale = [
-            p.name for p in fresh
-            if not (ROOT / PACKAGE_DIR / p.name).exists()
-            or not filecmp.cmp(p, ROOT / PACKAGE_DIR / p.name, shallow=False)
+            str(p) for p in fresh
+            if not (ROOT / p).exists()
+            or not filecmp.cmp(Path(tmp) / p, ROOT / p, shallow=False)
         ]
     if stale:
         print(f"generated code is stale: {', '.join(stale)}; run scripts/gen_proto.py",

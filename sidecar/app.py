@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import metrics
+from sidecar.fleet.etcd import EtcdOptions
+from sidecar.fleet.link import FleetLink
+from sidecar.fleet.record import name_problem
 from sidecar.guard.guard import Guard
 from sidecar.guard.rules import GuardSettings
 from sidecar.guard.shadow import ShadowMirror
@@ -148,6 +151,47 @@ def check(settings: Settings) -> None:
                                              and settings.feedback_max_age_s > 0):
         raise ConfigError("feedback-max-ids must be at least 1 and feedback-max-age-s a"
                           " positive number")
+    _check_fleet(settings)
+
+
+def etcd_options(settings: Settings) -> EtcdOptions:
+    """How to reach the fleet's etcd (ConfigError if the settings cannot work)."""
+    password = ""
+    if settings.fleet_etcd_password_file:
+        try:
+            password = Path(settings.fleet_etcd_password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"fleet-etcd-password-file: {exc.strerror}:"
+                              f" {settings.fleet_etcd_password_file}") from exc
+    try:
+        return EtcdOptions.parse(
+            settings.fleet_etcd, deadline=settings.fleet_timeout_s,
+            ca_file=settings.fleet_etcd_ca, cert_file=settings.fleet_etcd_cert,
+            key_file=settings.fleet_etcd_key, username=settings.fleet_etcd_user,
+            password=password)
+    except ValueError as exc:
+        raise ConfigError(f"fleet-etcd: {exc}") from exc
+
+
+def _check_fleet(settings: Settings) -> None:
+    if not settings.fleet_etcd:
+        given = [name for name in ("fleet_name", "fleet_etcd_ca", "fleet_etcd_cert",
+                                   "fleet_etcd_key", "fleet_etcd_user",
+                                   "fleet_etcd_password_file", "fleet_replica")
+                 if getattr(settings, name)]
+        if given:
+            raise ConfigError(f"{given[0].replace('_', '-')} needs fleet-etcd (the etcd"
+                              " endpoints)")
+        return
+    if not settings.fleet_name:
+        raise ConfigError("fleet-etcd needs fleet-name (the fleet's name)")
+    for kind, name in (("fleet", settings.fleet_name), ("replica", settings.replica_name)):
+        problem = name_problem(kind, name)
+        if problem:
+            raise ConfigError(problem)
+    etcd_options(settings)
+    if settings.fleet_lease_s < 2:
+        raise ConfigError("fleet-lease-s must be at least 2 (etcd's shortest lease)")
 
 
 def _ctl_program() -> list[str]:
@@ -310,8 +354,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         plane, control_plane, listen=settings.control_listen,
         max_message_bytes=settings.max_message_bytes, session_options=options, token=token,
         credentials=control_credentials, outcomes=outcomes, feedback=feedback)
+    fleet = None
+    if settings.fleet_etcd:
+        fleet = FleetLink(manager, etcd_options(settings),
+                          fleet=settings.fleet_name, replica=settings.replica_name,
+                          lease_s=settings.fleet_lease_s, on_guard=guard.reload)
     collector = metrics.SidecarCollector(manager, outcomes, events, guard, mirror,
-                                         quality=quality)
+                                         quality=quality, fleet=fleet)
     listeners = (inference, control)
 
     async def set_server_health(ready: bool) -> None:
@@ -365,7 +414,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await set_server_health(False)
         log.info("listening", extra={**addresses, "control_auth": bool(token),
                                      "state_dir": str(settings.state_path)})
-        await manager.start()
+        adopt = await fleet.adopt() if fleet is not None else None
+        await manager.start(adopt)
+        if fleet is not None:  # before the watcher and the guard act: through the fleet
+            fleet.start(address=inference.address, control_address=control.address)
+            control_plane.fleet = fleet
         guard.start()
         quality.start()
         mirror.start()
@@ -393,6 +446,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             metrics_server.close()
         events.end_followers()  # event streams would otherwise hold the grace period
         await asyncio.gather(*(lst.server.stop(settings.grace_s) for lst in listeners))
+        if fleet is not None:
+            await fleet.close()  # leaves the fleet: peers see it at once
         await mirror.close()
         await guard.close()
         await manager.close(settings.grace_s)

@@ -129,6 +129,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--approve-after", type=float, metavar="SECONDS",
                    help="mode propose: approve alone after this long; 0: never"
                    " (= approve_after_s=SECONDS)")
+    commands.add_parser("fleet", help="fleet mode: the shared state and every live replica")
     p = commands.add_parser("compare", help="loaded versions side by side, quality included")
     p.add_argument("model")
     p = commands.add_parser("proposals", help="rollbacks the guard proposes (mode propose)")
@@ -363,6 +364,26 @@ def _compare_text(r: pb.CompareResponse) -> str:
     return "\n".join(lines)
 
 
+def _fleet_text(r: pb.FleetResponse) -> str:
+    """The shared state per model, then one row per live replica and model."""
+    head = (f"fleet {r.fleet} (this replica: {r.replica}, "
+            f"{'connected' if r.connected else 'NOT CONNECTED to etcd'}"
+            + (f", {r.pending} decision(s) not yet published" if r.pending else "") + ")")
+    shared = [["MODEL", "ACTIVE", "PREVIOUS", "PINNED", "CHANGED"]]
+    shared += [[m.model, _ref(m.active), _ref(m.previous), "yes" if m.pinned else "no",
+                f"{_when(m.changed_at)} {m.changed_by}".strip()] for m in r.models]
+    replicas = [["REPLICA", "MODEL", "SERVING", "READY", "FOLLOWS"]]
+    for member in r.members:
+        for m in member.models:
+            replicas.append([member.replica, m.model, _ref(m.serving),
+                             "yes" if m.ready else "no", m.error or "yes"])
+    lines = [head, _table(shared), "", _table(replicas)]
+    if r.quarantine:
+        lines += ["", "quarantined: " + ", ".join(f"{q.digest[:12]} ({q.reason})"
+                                                  for q in r.quarantine)]
+    return "\n".join(lines)
+
+
 def _proposals_table(proposals: Sequence[pb.Proposal]) -> str:
     if not proposals:
         return "no proposals waiting"
@@ -497,6 +518,9 @@ def _run(args: argparse.Namespace, stub: pb_grpc.ModelControlStub, call: Caller)
     elif command == "compare":
         r = call(stub.Compare, pb.CompareRequest(model=args.model))
         out(json.dumps(compare_json(r)) if args.json else _compare_text(r))
+    elif command == "fleet":
+        r = call(stub.Fleet, pb.FleetRequest())
+        out(json.dumps(_dict(r)) if args.json else _fleet_text(r))
     elif command == "proposals":
         r = call(stub.ListProposals, pb.ListProposalsRequest(model=args.model))
         out(json.dumps(_dict(r)) if args.json else _proposals_table(r.proposals))

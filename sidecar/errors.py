@@ -9,7 +9,9 @@ a bug, answered INTERNAL with a generic message and logged in full.
     ├── NotFoundError               unknown model or version
     ├── InvalidInputError           the request is wrong (client error)
     ├── UnavailableError            exists, but cannot serve now
+    │   └── FleetUnavailableError   the fleet's store cannot be reached: nothing changed
     ├── FailedPreconditionError     the command does not fit the current state
+    │   └── FleetConflictError      another replica changed the fleet state first
     ├── ModelLoadError              a version's file cannot become READY
     ├── ModelExecutionError         the model failed while running (server error)
     ├── UnauthenticatedError        no or malformed credentials
@@ -38,6 +40,16 @@ class UnavailableError(SidecarError):
 
 class FailedPreconditionError(SidecarError):
     pass
+
+
+class FleetUnavailableError(UnavailableError):
+    """A change of the fleet's shared state could not be written (etcd unreachable):
+    nothing changed, here or anywhere."""
+
+
+class FleetConflictError(FailedPreconditionError):
+    """The fleet's state changed since this replica read it (compare-and-swap lost);
+    the message says what it is now."""
 
 
 class ModelLoadError(SidecarError):

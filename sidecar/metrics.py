@@ -28,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
+from sidecar.fleet.link import FleetLink
 from sidecar.guard.guard import Guard
 from sidecar.guard.shadow import ShadowMirror
 from sidecar.manager.latency import BOUNDS
@@ -62,13 +63,15 @@ def _coarse(counts: list[int]) -> list[tuple[str, float]]:
 class SidecarCollector(Collector):
     def __init__(self, manager: ModelManager, outcomes: Mapping[tuple[str, str], int],
                  events: EventLog, guard: Guard | None, mirror: ShadowMirror | None,
-                 quality: QualityEngine | None = None) -> None:
+                 quality: QualityEngine | None = None, fleet: FleetLink | None = None
+                 ) -> None:
         self._manager = manager
         self._outcomes = outcomes
         self._events = events
         self._guard = guard
         self._mirror = mirror
         self._quality = quality
+        self._fleet = fleet
 
     def collect(self) -> Iterator[Any]:
         info = InfoMetricFamily("sidecar_build", "The sidecar's version.")
@@ -79,6 +82,33 @@ class SidecarCollector(Collector):
         yield from self._changes()
         yield from self._candidates()
         yield from self._judging()
+        if self._fleet is not None:
+            yield from self._fleet_figures(self._fleet)
+
+    def _fleet_figures(self, fleet: FleetLink) -> Iterator[Any]:
+        connected = GaugeMetricFamily(
+            "sidecar_fleet_connected", "1 while this replica's watch of its fleet's"
+            " state in etcd is up.", labels=["fleet"])
+        connected.add_metric([fleet.fleet], 1.0 if fleet.connected else 0.0)
+        yield connected
+        status = fleet.status()
+        members = GaugeMetricFamily("sidecar_fleet_members", "Live replicas of the fleet,"
+                                    " as this replica sees them.", labels=["fleet"])
+        members.add_metric([fleet.fleet], float(len(status.members)))
+        yield members
+        pending = GaugeMetricFamily("sidecar_fleet_pending", "Guard decisions made here and"
+                                    " not yet published to the fleet (etcd unreachable).",
+                                    labels=["fleet"])
+        pending.add_metric([fleet.fleet], float(status.pending))
+        yield pending
+        diverged = GaugeMetricFamily(
+            "sidecar_fleet_diverged", "1 while this replica cannot serve the fleet's version"
+            " of a model (cannot load it, ...); the reason is in `ctl fleet`.",
+            labels=["fleet", "model"])
+        for entry in self._manager.entries():
+            diverged.add_metric([fleet.fleet, entry.name],
+                                1.0 if entry.name in fleet.errors else 0.0)
+        yield diverged
 
     def _requests(self) -> Iterator[Any]:
         codes = CounterMetricFamily(

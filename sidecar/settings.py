@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,42 @@ class Settings:
     grace_s: float = _setting(
         20.0, "On SIGTERM/SIGINT, seconds in-flight calls get to finish."
     )
+    fleet_etcd: str = _setting(
+        "",
+        "Fleet mode: HOST:PORT[,HOST:PORT...] of etcd, where the replicas of a fleet"
+        " share what serves (docs/fleet.md). Empty: no fleet, the sidecar decides alone.",
+    )
+    fleet_etcd_ca: str = _setting(
+        "", "Fleet mode: PEM CA bundle that signs etcd's server certificate (TLS on;"
+        " https:// endpoints without it use the system's roots).",
+    )
+    fleet_etcd_cert: str = _setting(
+        "", "Fleet mode: PEM client certificate for etcd (mutual TLS, with --fleet-etcd-key).",
+    )
+    fleet_etcd_key: str = _setting("", "Fleet mode: PEM private key of --fleet-etcd-cert.")
+    fleet_etcd_user: str = _setting(
+        "", "Fleet mode: etcd user name (etcd auth; with --fleet-etcd-password-file).",
+    )
+    fleet_etcd_password_file: str = _setting(
+        "", "Fleet mode: file holding the etcd user's password (a file, not a flag: it"
+        " stays out of the process list).",
+    )
+    fleet_name: str = _setting(
+        "", "Fleet mode: the fleet's name (e.g. the Deployment's); required with"
+        " --fleet-etcd. Replicas with the same name serve the same versions.",
+    )
+    fleet_replica: str = _setting(
+        "", "Fleet mode: this replica's name (empty: the HOSTNAME variable, a pod's"
+        " name, else the host name).",
+    )
+    fleet_lease_s: int = _setting(
+        10, "Fleet mode: TTL of the replica's membership lease, in seconds: a replica"
+        " that stops without leaving disappears from `ctl fleet` after this long.",
+    )
+    fleet_timeout_s: float = _setting(
+        2.0, "Fleet mode: deadline of each etcd call, in seconds: a command that would"
+        " change the fleet's state fails with UNAVAILABLE after this long at most.",
+    )
     log_format: str = _setting("json", "Log line format.", choices=("json", "text"))
     log_level: str = _setting(
         "info", "Log level.", choices=("debug", "info", "warning", "error")
@@ -233,6 +270,11 @@ class Settings:
         """The server-wide dynamic batching (None: off), checked like a model's."""
         return parse_batching({"max_batch_size": self.max_batch_size,
                                "max_queue_delay_microseconds": self.max_queue_delay_us})
+
+    @property
+    def replica_name(self) -> str:
+        """This replica's name in its fleet."""
+        return self.fleet_replica or os.environ.get("HOSTNAME", "") or socket.gethostname()
 
     @property
     def effective_inference_threads(self) -> int:

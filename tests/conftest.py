@@ -132,3 +132,17 @@ def start_server() -> Iterator[Any]:
     yield start
     for proc in started:
         assert proc.stop() == 0, proc.proc.stderr
+
+
+@pytest.fixture
+def etcd_server(tmp_path: Path) -> Iterator[Any]:
+    """A fresh single-node etcd of the test's own (tests/etcd_server.py), stopped
+    after. A test that needs etcd fails, never skips, when none can be started."""
+    from etcd_server import EtcdServer, EtcdServerError  # only the etcd tests need it
+
+    try:
+        server = EtcdServer(tmp_path / "etcd")
+    except EtcdServerError as err:
+        pytest.fail(f"cannot start etcd: {err}", pytrace=False)
+    yield server
+    server.stop()

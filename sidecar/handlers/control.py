@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sidecar import __version__
 from sidecar.errors import FailedPreconditionError, InvalidInputError, UnavailableError
+from sidecar.fleet.link import FleetLink, FleetStatus
 from sidecar.guard.guard import Decision, Guard, Proposal
 from sidecar.guard.shadow import ShadowMirror
 from sidecar.handlers.versionmeta import iso8601
@@ -165,7 +166,7 @@ def check_reason(reason: str) -> str:
 
 #: Actors only the sidecar itself may act as: the guard's own rollbacks skip
 #: probation, and the event log and metrics attribute changes by actor.
-RESERVED_ACTORS = frozenset({"guard", "watcher", "startup", "sidecar"})
+RESERVED_ACTORS = frozenset({"guard", "watcher", "startup", "sidecar", "fleet"})
 
 
 def check_actor(actor: str, default: str) -> str:
@@ -193,6 +194,15 @@ class ControlPlane:
         self._state_dir = state_dir
         self._ready = ready  # a callable answering server readiness
         self._started = time.time()
+        #: fleet mode: the replica's link to its fleet (set by the app)
+        self.fleet: FleetLink | None = None
+
+    def fleet_status(self) -> FleetStatus:
+        """The fleet as this replica sees it (FailedPreconditionError without one)."""
+        if self.fleet is None:
+            raise FailedPreconditionError("this sidecar is not in a fleet (start it with"
+                                          " --fleet-etcd and --fleet-name)")
+        return self.fleet.status()
 
     def model_view(self, entry: ModelEntry) -> ModelView:
         serving = entry.serving

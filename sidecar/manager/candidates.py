@@ -118,6 +118,7 @@ class Candidates:
             raise NotFoundError(f"{what} quarantined digest(s) match '{digest_prefix[:80]}'"
                                 " (give 12+ hex characters)")
         digest = matches[0]
+        await p.fleet.hook.mark("", digest, "", actor=actor, lift=True)
         why = p.quarantine.pop(digest)
         try:
             await p.journal.commit(p.events.make("", "unquarantine", actor, reason,

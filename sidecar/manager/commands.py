@@ -22,6 +22,7 @@ from types import MappingProxyType
 from sidecar.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from sidecar.manager.admission import Admission
 from sidecar.manager.entry import ModelEntry, SwapResult
+from sidecar.manager.fleethook import FleetSlot, Shared
 from sidecar.manager.journal import Journal
 from sidecar.manager.loading import VersionLoading
 from sidecar.manager.refs import References
@@ -29,6 +30,7 @@ from sidecar.manager.residency import Leaving, Residency
 from sidecar.manager.serving import ServingState
 from sidecar.manager.version import ModelVersion, Phase
 from sidecar.state.events import Event, EventLog
+from sidecar.state.store import VersionRef
 
 #: Actors whose changes a pin blocks (a pinned model changes only by command).
 AUTOMATIC_ACTORS = frozenset({"watcher", "guard"})
@@ -57,6 +59,20 @@ class Parts:
     #: awaited before a version newly serves (the crash-loop guard's record); it
     #: returns how to undo that record if the change is then not made
     will_serve: Callable[[ModelEntry, ModelVersion], Awaitable[Callable[[], None]]]
+    #: fleet mode: where shared changes are proposed first (see fleethook.py)
+    fleet: FleetSlot
+
+
+def _ref(version: ModelVersion | None) -> VersionRef | None:
+    return VersionRef(version.number, version.digest) if version is not None else None
+
+
+def shared(entry: ModelEntry, active: ModelVersion | None, previous: ModelVersion | None, *,
+           pinned: bool | None = None, guard: dict[str, str] | None = None) -> Shared:
+    """The model's shared state with these versions (and settings) in place."""
+    return Shared(_ref(active), _ref(previous), entry.pinned if pinned is None else pinned,
+                  dict(entry.guard if guard is None else guard),
+                  max(entry.watermark, active.number if active is not None else 0))
 
 
 def check_pin(entry: ModelEntry, actor: str) -> None:
@@ -190,6 +206,11 @@ class Commands:
                     old = entry.serving.active
                     p.admission.check_compatible(version, old, force=force,
                                                  hint="force to activate anyway")
+                    if old is not version:
+                        previous = old if old is not None else entry.serving.previous
+                        await p.fleet.hook.propose(
+                            model, shared(entry, version, previous), actor=actor,
+                            action="activate", reason=reason)
                 except Exception:
                     if entry.serving.role(version) is None:
                         p.residency.retire([version])  # loaded only for this activation
@@ -244,6 +265,8 @@ class Commands:
                 raise FailedPreconditionError(
                     f"the previous version {target.number} is quarantined ({why});"
                     " unquarantine it or use force")
+            await p.fleet.hook.propose(model, shared(entry, target, old), actor=actor,
+                                       action="rollback", reason=reason)
             change = Change(p, entry)
             self.end_candidate(entry, None, f"superseded by rollback to version"
                                f" {target.number} ({actor})", change)
@@ -304,6 +327,11 @@ class Commands:
                     raise FailedPreconditionError(
                         f"model '{model}' version {number} changed meanwhile; retry")
                 p.admission.check_compatible(fresh, serving.active, force=False)
+                if serving.active is old or serving.previous is old:
+                    after = (fresh, serving.previous) if serving.active is old \
+                        else (serving.active, fresh)
+                    await p.fleet.hook.propose(model, shared(entry, *after), actor=actor,
+                                               action="replace", reason=reason)
             except Exception:
                 p.residency.retire([fresh])
                 raise
@@ -413,6 +441,10 @@ class Commands:
         p = self._p
         entry = p.entry(model)
         async with entry.lock:
+            serving = entry.serving
+            await p.fleet.hook.propose(
+                model, shared(entry, serving.active, serving.previous, pinned=pinned),
+                actor=actor, action="pin" if pinned else "unpin", reason=reason)
             was, entry.pinned = entry.pinned, pinned
             change = Change(p, entry)
             change.undo = lambda: setattr(entry, "pinned", was)
@@ -424,6 +456,10 @@ class Commands:
         p = self._p
         entry = p.entry(model)
         async with entry.lock:
+            serving = entry.serving
+            await p.fleet.hook.propose(
+                model, shared(entry, serving.active, serving.previous, guard=overrides),
+                actor=actor, action="guard-settings", reason="")
             was, entry.guard = entry.guard, dict(overrides)
             change = Change(p, entry)
             change.submit(p.events.make(model, "guard-settings", actor,
@@ -449,6 +485,8 @@ class Commands:
         if not digest:
             raise NotFoundError(f"{version.label} has no readable file to quarantine")
         async with entry.lock:
+            await p.fleet.hook.mark(model, digest, reason or f"quarantined by {actor}",
+                                    actor=actor)
             was = p.quarantine.get(digest)
             p.quarantine[digest] = reason or f"quarantined by {actor}"
             change = Change(p, entry)

@@ -33,6 +33,7 @@ from sidecar.manager.candidates import Candidates
 from sidecar.manager.commands import Commands, Parts, SwapHook
 from sidecar.manager.crashwatch import CrashWatch
 from sidecar.manager.entry import ModelEntry, SwapResult
+from sidecar.manager.fleethook import FleetSlot
 from sidecar.manager.journal import Journal
 from sidecar.manager.loading import Loader, VersionLoading
 from sidecar.manager.plan import ModelFacts
@@ -84,9 +85,12 @@ class ModelManager:
         self.refs = References(repository, self.loading.identify)
         self.crashes = CrashWatch(store.directory if store else None, self.journal,
                                   window_s=crash_window_s, limit=crash_limit)
+        #: fleet mode: set by `join_fleet` (fleethook.py)
+        self.fleet = FleetSlot()
         parts = Parts(self.journal, self.events, self.loading, self.residency, self.refs,
                       Admission(self.loading, self.quarantine), self.quarantine, self.entry,
-                      self._entry_for, self.notify, self._swapped, self._will_serve)
+                      self._entry_for, self.notify, self._swapped, self._will_serve,
+                      self.fleet)
         self.commands = Commands(parts)
         self.candidates = Candidates(parts, self.commands)
         self.started = False
@@ -232,10 +236,14 @@ class ModelManager:
 
     # ---- startup -------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, adopt: SavedState | None = None) -> None:
         """Restore the saved serving state for every model on disk (see `restore`),
-        after the crash-loop rule has quarantined what crashed the process."""
+        after the crash-loop rule has quarantined what crashed the process. `adopt`
+        (a fleet's state) takes the place of what was saved for the models it names,
+        and its quarantine is added to the saved one."""
         saved = self._saved_state()
+        if adopt is not None:
+            saved = _adopted(saved, adopt)
         self.quarantine.clear()
         self.quarantine.update(saved.quarantine)
         verdicts = await self.crashes.begin()
@@ -332,6 +340,20 @@ class ModelManager:
 
     async def quarantine_version(self, model: str, ref: str, *, actor: str, reason: str) -> str:
         return await self.commands.quarantine(model, ref, actor=actor, reason=reason)
+
+    async def quarantine_digest(self, digest: str, reason: str, *, actor: str,
+                                model: str = "") -> bool:
+        """Quarantine bytes by digest (the fleet's marks); False if they were already."""
+        if digest in self.quarantine:
+            return False
+        self.quarantine[digest] = reason
+        try:
+            await self.journal.commit(self.events.make(model, "quarantine", actor, reason,
+                                                       to_digest=digest))
+        except Exception:
+            self.quarantine.pop(digest, None)
+            raise
+        return True
 
     async def unquarantine(self, prefix: str, *, actor: str, reason: str = "") -> str:
         digest = await self.candidates.unquarantine(prefix, actor=actor, reason=reason)
@@ -436,3 +458,19 @@ class ModelManager:
         self.loading.close()
         self.journal.close()
         self.events.close()
+
+
+def _adopted(saved: SavedState, fleet: SavedState) -> SavedState:
+    """The saved state with a fleet's models and quarantine in place: what serves,
+    the pin, guard settings and the watermark come from the fleet; what only this
+    replica knows (unloaded by command, probation, a declaration) stays."""
+    models = dict(saved.models)
+    for name, shared in fleet.models.items():
+        mine = models.get(name, SavedModel())
+        models[name] = replace(mine, active=shared.active, previous=shared.previous,
+                               pinned=shared.pinned, guard=dict(shared.guard),
+                               watermark=max(mine.watermark, shared.watermark),
+                               candidate=None,
+                               probation_until=mine.probation_until
+                               if mine.active == shared.active else 0.0)
+    return replace(saved, models=models, quarantine={**saved.quarantine, **fleet.quarantine})

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from sidecar.errors import (
     FailedPreconditionError,
+    FleetConflictError,
+    FleetUnavailableError,
     InvalidInputError,
     ModelLoadError,
     NotFoundError,
@@ -219,6 +221,12 @@ class RepositorySync:
                 await self._note_once(name, v, action.reason)
                 if v:
                     await manager.raise_watermark(name, v)
+        except FleetConflictError:
+            return ""  # another replica changed the model first: the fleet converges us
+        except FleetUnavailableError as exc:
+            # not refused: the fleet's store is down; tried again at the next snapshot
+            await self._note_once(name, v, f"waiting for the fleet's store: {exc}")
+            return ""
         except (UnavailableError, FailedPreconditionError) as exc:
             # Not loadable (FAILED with its reason, logged by the manager), or refused
             # (incompatible, quarantined): skip these bytes until the file changes.

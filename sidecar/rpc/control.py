@@ -132,6 +132,10 @@ class ControlServicer(pb_grpc.ModelControlServicer):
         return conv.compare(self._control.compare(request.model))
 
     @guarded
+    async def Fleet(self, request: Any, context: Context) -> pb.FleetResponse:
+        return conv.fleet(self._control.fleet_status())
+
+    @guarded
     async def ListProposals(self, request: Any, context: Context
                             ) -> pb.ListProposalsResponse:
         return pb.ListProposalsResponse(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sidecar.fleet.link import FleetStatus
 from sidecar.guard.guard import Decision, Proposal
 from sidecar.handlers.control import (
     CandidateView,
@@ -19,6 +20,7 @@ from sidecar.manager.version import ModelVersion
 from sidecar.quality.engine import CompareRow, MetricFigure
 from sidecar.rpc.proto import control_pb2 as pb
 from sidecar.state.events import Event
+from sidecar.state.store import VersionRef
 
 
 def _ref(ref: Ref | None) -> pb.VersionRef:
@@ -160,4 +162,32 @@ def decision(d: Decision) -> pb.DecisionResponse:
     return pb.DecisionResponse(
         proposal=proposal(d.proposal), actor=d.actor, approved=d.approved,
         swap=swap(d.swap) if d.swap is not None else None, quarantined=d.quarantined,
+    )
+
+
+def _fleet_ref(ref: VersionRef | None) -> pb.VersionRef | None:
+    return pb.VersionRef(number=ref.number, digest=ref.digest) if ref is not None else None
+
+
+def fleet(view: FleetStatus) -> pb.FleetResponse:
+    return pb.FleetResponse(
+        fleet=view.fleet, replica=view.replica, connected=view.connected,
+        members=[pb.FleetMember(
+            replica=m.replica, address=m.address, control_address=m.control_address,
+            started=m.started,
+            models=[pb.FleetMemberModel(
+                model=name, serving=pb.VersionRef(number=mm.version, digest=mm.digest)
+                if mm.version else None, ready=mm.ready, error=mm.error)
+                for name, mm in sorted(m.models.items())])
+            for m in view.members],
+        models=[pb.FleetModelState(
+            model=name, active=_fleet_ref(r.active), previous=_fleet_ref(r.previous),
+            pinned=r.pinned, guard=r.guard, watermark=r.watermark,
+            changed_by=r.origin.describe() if r.origin.actor else "",
+            changed_at=r.origin.time) for name, r in view.models],
+        quarantine=[pb.FleetQuarantine(
+            digest=digest, reason=q.reason, model=q.model,
+            by=f"{q.origin.actor} on {q.origin.replica}" if q.origin.actor else "")
+            for digest, q in view.quarantine],
+        pending=view.pending, errors=dict(view.errors),
     )

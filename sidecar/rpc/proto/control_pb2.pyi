@@ -685,3 +685,99 @@ class DecisionResponse(_message.Message):
     swap: SwapResponse
     quarantined: str
     def __init__(self, proposal: _Optional[_Union[Proposal, _Mapping]] = ..., actor: _Optional[str] = ..., approved: _Optional[bool] = ..., swap: _Optional[_Union[SwapResponse, _Mapping]] = ..., quarantined: _Optional[str] = ...) -> None: ...
+
+class FleetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FleetResponse(_message.Message):
+    __slots__ = ("fleet", "replica", "connected", "members", "models", "quarantine", "pending", "errors")
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FLEET_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    fleet: str
+    replica: str
+    connected: bool
+    members: _containers.RepeatedCompositeFieldContainer[FleetMember]
+    models: _containers.RepeatedCompositeFieldContainer[FleetModelState]
+    quarantine: _containers.RepeatedCompositeFieldContainer[FleetQuarantine]
+    pending: int
+    errors: _containers.ScalarMap[str, str]
+    def __init__(self, fleet: _Optional[str] = ..., replica: _Optional[str] = ..., connected: _Optional[bool] = ..., members: _Optional[_Iterable[_Union[FleetMember, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[FleetModelState, _Mapping]]] = ..., quarantine: _Optional[_Iterable[_Union[FleetQuarantine, _Mapping]]] = ..., pending: _Optional[int] = ..., errors: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FleetMember(_message.Message):
+    __slots__ = ("replica", "address", "control_address", "started", "models")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    address: str
+    control_address: str
+    started: float
+    models: _containers.RepeatedCompositeFieldContainer[FleetMemberModel]
+    def __init__(self, replica: _Optional[str] = ..., address: _Optional[str] = ..., control_address: _Optional[str] = ..., started: _Optional[float] = ..., models: _Optional[_Iterable[_Union[FleetMemberModel, _Mapping]]] = ...) -> None: ...
+
+class FleetMemberModel(_message.Message):
+    __slots__ = ("model", "serving", "ready", "error")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    serving: VersionRef
+    ready: bool
+    error: str
+    def __init__(self, model: _Optional[str] = ..., serving: _Optional[_Union[VersionRef, _Mapping]] = ..., ready: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class FleetModelState(_message.Message):
+    __slots__ = ("model", "active", "previous", "pinned", "guard", "watermark", "changed_by", "changed_at")
+    class GuardEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_BY_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    active: VersionRef
+    previous: VersionRef
+    pinned: bool
+    guard: _containers.ScalarMap[str, str]
+    watermark: int
+    changed_by: str
+    changed_at: float
+    def __init__(self, model: _Optional[str] = ..., active: _Optional[_Union[VersionRef, _Mapping]] = ..., previous: _Optional[_Union[VersionRef, _Mapping]] = ..., pinned: _Optional[bool] = ..., guard: _Optional[_Mapping[str, str]] = ..., watermark: _Optional[int] = ..., changed_by: _Optional[str] = ..., changed_at: _Optional[float] = ...) -> None: ...
+
+class FleetQuarantine(_message.Message):
+    __slots__ = ("digest", "reason", "model", "by")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    reason: str
+    model: str
+    by: str
+    def __init__(self, digest: _Optional[str] = ..., reason: _Optional[str] = ..., model: _Optional[str] = ..., by: _Optional[str] = ...) -> None: ...

@@ -149,6 +149,11 @@ class ModelControlStub:
                 request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DismissRequest.SerializeToString,
                 response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DecisionResponse.FromString,
                 _registered_method=True)
+        self.Fleet = channel.unary_unary(
+                '/sidecar.control.v1.ModelControl/Fleet',
+                request_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.FleetRequest.SerializeToString,
+                response_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.FleetResponse.FromString,
+                _registered_method=True)
 
 
 class ModelControlServicer:
@@ -314,6 +319,14 @@ class ModelControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fleet(self, request, context):
+        """Fleet mode (--fleet-etcd): the fleet's shared state and its live replicas as
+        this replica sees them. FAILED_PRECONDITION without a fleet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -431,6 +444,11 @@ def add_ModelControlServicer_to_server(servicer, server):
                     servicer.Dismiss,
                     request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DismissRequest.FromString,
                     response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.DecisionResponse.SerializeToString,
+            ),
+            'Fleet': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fleet,
+                    request_deserializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.FleetRequest.FromString,
+                    response_serializer=sidecar_dot_rpc_dot_proto_dot_control__pb2.FleetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1054,6 +1072,33 @@ class ModelControl:
             '/sidecar.control.v1.ModelControl/Dismiss',
             sidecar_dot_rpc_dot_proto_dot_control__pb2.DismissRequest.SerializeToString,
             sidecar_dot_rpc_dot_proto_dot_control__pb2.DecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fleet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.control.v1.ModelControl/Fleet',
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.FleetRequest.SerializeToString,
+            sidecar_dot_rpc_dot_proto_dot_control__pb2.FleetResponse.FromString,
             options,
             channel_credentials,
             insecure,
