@@ -189,6 +189,18 @@ def test_a_replica_that_cannot_load_the_fleet_version_reports_it(fleet: Fleet) -
     assert "cannot serve the fleet's version 1" in c.fleet().errors["tiny"]
     wait_until(lambda: any(m.replica == "c" and m.models[0].error for m in a.fleet().members),
                what="c's member record saying why")
+    # a pin given to the diverged replica pins the fleet's version, not c's own
+    c.ctl().Pin(cpb.PinRequest(model="tiny", actor="ops"), timeout=30)
+    a.events.wait_for(model="tiny", action="pin", actor="fleet")
+    assert a.fleet().models[0].active.number == 1 and a.active() == 1
+    # version 1 arrives late in c's repository (a slow sync): c catches up by itself
+    staging = fleet.root / "c" / "staging"
+    make_models.write_model(make_models.tiny_model(1), staging, "tiny", 1)
+    (staging / "tiny" / "1").rename(fleet.root / "c" / "models" / "tiny" / "1")
+    c.events.wait_for(model="tiny", action="activate", to=1, actor="fleet",
+                      after=diverged.seq)
+    wait_until(lambda: not c.fleet().errors, what="c's error cleared")
+    assert c.serving() == 1
 
 
 def test_a_new_replica_adopts_the_fleet_state(fleet: Fleet) -> None:
@@ -322,3 +334,22 @@ def test_fleet_settings_that_cannot_work_are_refused(tmp_path: Path, args: tuple
                             timeout=60, check=False)
     assert result.returncode == 2, result.stderr
     assert says in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_new_replica_does_not_apply_a_declaration_the_fleet_moved_away_from(
+        fleet: Fleet) -> None:
+    """sidecar.json declares `serve: 2` and the fleet applied it; an operator then
+    activated 1. A new replica with the same repository adopts 1 and does not apply
+    the declaration again, fleet-wide."""
+    a = fleet.start("a")
+    (fleet.root / "a" / "models" / "tiny" / "sidecar.json").write_text('{"serve": 2}')
+    a.events.wait_for(model="tiny", action="activate", to=2, actor="watcher")
+    a.ctl().Activate(cpb.ActivateRequest(model="tiny", version="1", actor="ops"), timeout=30)
+    repo = repository(fleet.root / "d" / "models")
+    (repo / "tiny" / "sidecar.json").write_text('{"serve": 2}')
+    d = fleet.start("d")
+    d.events.wait_for(model="tiny", action="restore", to=1)
+    wait_until(lambda: d.ctl().Status(cpb.StatusRequest(), timeout=10).models[0]
+               .declaration.conflict != "", what="d's conflict shown")
+    assert [a.active(), d.active()] == [1, 1]
+    assert not [e for e in d.events.of("tiny") if e.action == "activate"]

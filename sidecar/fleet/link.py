@@ -69,6 +69,13 @@ log = logging.getLogger("sidecar.fleet")
 
 #: Actors whose changes are made locally first and published afterwards.
 LOCAL_FIRST = frozenset({"guard"})
+#: Changes of a model's settings only: the fleet's versions are kept as they are.
+SETTINGS_ONLY = frozenset({"pin", "unpin", "guard-settings"})
+#: The action of a forced activation: replicas converge on it with force too.
+FORCED = "activate-forced"
+#: How often each replica checks that it serves what the fleet says (a replica
+#: that could not follow, a change undone here, a version that arrived late).
+RECONCILE_S = 2.0
 _RETRY_S = 0.5  # pause before publishing queued decisions again
 
 
@@ -148,7 +155,8 @@ class FleetLink:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch(), name="fleet-watch"),
                        loop.create_task(self._register(), name="fleet-member"),
-                       loop.create_task(self._publish(), name="fleet-publish")]
+                       loop.create_task(self._publish(), name="fleet-publish"),
+                       loop.create_task(self._reconcile(), name="fleet-reconcile")]
 
     async def close(self) -> None:
         """Leave: revoke the membership (peers see it at once), stop the tasks."""
@@ -171,6 +179,12 @@ class FleetLink:
         origin = Origin(self.replica, actor, action, reason[:1024], time.time())
         record = FleetModel(after.active, after.previous, after.pinned, dict(after.guard),
                             after.watermark, origin)
+        known = self.records.get(model)
+        if action in SETTINGS_ONLY and known is not None:
+            # a pin or guard settings: what the fleet serves stays what it is, even if
+            # this replica does not serve it (it is diverged)
+            record = FleetModel(known[0].active, known[0].previous, after.pinned,
+                                dict(after.guard), known[0].watermark, origin)
         if actor in LOCAL_FIRST:
             self._pending[model] = record
             self._wake.set()
@@ -211,6 +225,8 @@ class FleetLink:
         self._own_marks.add(digest)
         try:
             await self._write_mark(digest, mark)
+            if lift:  # its echo, if still to come, no longer finds the mark: not a lift
+                self._own_marks.discard(digest)
         except EtcdError as exc:
             self._own_marks.discard(digest)
             raise FleetUnavailableError(
@@ -269,11 +285,26 @@ class FleetLink:
         return kind, name
 
     async def _watch(self) -> None:
+        """The watch, restarted after a failure retrying cannot fix (a permission
+        taken away): logged, then listed again after a pause."""
+        while True:
+            try:
+                await self._watch_once()
+            except Exception as exc:  # EtcdError (permission, auth) or a bug: keep trying
+                log.error("fleet watch failed; starting it again",
+                          extra={"fleet": self.fleet, "reason": str(exc)[:500]})
+                self._revision = 0  # list again: changes may have been missed
+                await asyncio.sleep(_RETRY_S * 4)  # a retry pause, not a wait for an event
+
+    async def _watch_once(self) -> None:
         start = self._revision + 1 if self._revision else 0
         async with self._client.watch_prefix(prefix(self.fleet), start_revision=start) as watch:
             self._watching = watch
+            up = asyncio.get_running_loop().create_task(watch.connected.wait())
+            up.add_done_callback(lambda _: setattr(self, "_seen_up", True))
             async for update in watch:
                 self._seen_up = True
+                self._revision = update.revision
                 lifted: list[str] = []
                 if isinstance(update, Changes):
                     changed: set[str] = set()
@@ -292,7 +323,9 @@ class FleetLink:
                         if kind == "models":
                             changed.add(name)
                 else:  # a full listing: every model is looked at again
+                    before = set(self.marks)
                     self._load(update.items)
+                    lifted = sorted(before - set(self.marks))  # lifted while we were away
                     changed = set(self.records)
                     self._member_dirty.set()  # our key may be gone (a compaction, a restart)
                     self._wake.set()
@@ -326,6 +359,21 @@ class FleetLink:
 
     # ---- converging ---------------------------------------------------------------------
 
+    async def _reconcile(self) -> None:
+        """Every RECONCILE_S, converge each model that does not serve the fleet's
+        version (or is reported as not following): a version that arrived late, a
+        change undone here after the fleet took it, a restore that fell back."""
+        while True:
+            for model, (record, _) in list(self.records.items()):
+                if not self._manager.has_model(model) or model in self._pending:
+                    continue
+                active = self._manager.entry(model).serving.active
+                differs = record.active is not None and (
+                    active is None or active.digest != record.active.digest)
+                if differs or model in self.errors:
+                    self._converge_soon(model)
+            await asyncio.sleep(RECONCILE_S)  # a period, not a wait for an event
+
     def _converge_soon(self, model: str) -> None:
         """Converge `model` in a task of its own (one at a time per model; a change
         while it runs makes it run again)."""
@@ -352,6 +400,8 @@ class FleetLink:
         m = self._manager
         if found is None or not m.has_model(model):
             return
+        if model in self._pending:
+            return  # this replica's own decision goes first; published, it is the record
         record, _ = found
         entry = m.entry(model)
         why = f"fleet: {record.origin.describe()}"
@@ -361,7 +411,11 @@ class FleetLink:
                                           or active.digest != record.active.digest):
             try:
                 ref = await self._find(model, record.active.number, record.active.digest)
-                await m.activate(model, ref, actor=FLEET_ACTOR, reason=why)
+                await m.activate(model, ref, actor=FLEET_ACTOR, reason=why,
+                                 force=record.origin.action == FORCED)
+                now = m.entry(model).serving.active
+                if now is None or now.digest != record.active.digest:
+                    raise SidecarError(f"version {ref} here holds other bytes")
             except SidecarError as exc:
                 error = (f"cannot serve the fleet's version {record.active.number}"
                          f" ({record.active.digest[:12]}): {exc}")

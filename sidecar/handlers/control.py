@@ -20,6 +20,7 @@ from sidecar.handlers.versionmeta import iso8601
 from sidecar.loader.onnx import OnnxMeta
 from sidecar.loader.signature import TensorSpec
 from sidecar.manager.entry import ModelEntry, SwapResult
+from sidecar.manager.fleethook import ADOPTED
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.version import ModelVersion
 from sidecar.quality.engine import CompareRow, QualityEngine
@@ -211,7 +212,7 @@ class ControlPlane:
                          serving.active is not None, tuple(sorted(serving.loaded)),
                          len(entry.versions), _ref(serving.canary), serving.canary_weight,
                          _ref(serving.shadow), note, entry.note,
-                         (entry.declaring, entry.declared,
+                         (entry.declaring, "" if entry.declared == ADOPTED else entry.declared,
                           entry.conflict(self._manager.quarantine)))
 
     def models(self) -> list[ModelView]:

@@ -210,7 +210,7 @@ class Commands:
                         previous = old if old is not None else entry.serving.previous
                         await p.fleet.hook.propose(
                             model, shared(entry, version, previous), actor=actor,
-                            action="activate", reason=reason)
+                            action="activate-forced" if force else "activate", reason=reason)
                 except Exception:
                     if entry.serving.role(version) is None:
                         p.residency.retire([version])  # loaded only for this activation

@@ -27,6 +27,10 @@ from sidecar.state.store import VersionRef
 
 #: The actor of changes that bring a replica to the fleet's state.
 FLEET_ACTOR = "fleet"
+#: `ModelEntry.declared` of a model whose state was adopted from the fleet: the
+#: repository sync takes sidecar.json's `serve` as already applied (the fleet has
+#: decided what to make of it; a new replica must not apply it fleet-wide again).
+ADOPTED = "\0adopted"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from sidecar.manager.candidates import Candidates
 from sidecar.manager.commands import Commands, Parts, SwapHook
 from sidecar.manager.crashwatch import CrashWatch
 from sidecar.manager.entry import ModelEntry, SwapResult
-from sidecar.manager.fleethook import FleetSlot
+from sidecar.manager.fleethook import ADOPTED, FleetSlot
 from sidecar.manager.journal import Journal
 from sidecar.manager.loading import Loader, VersionLoading
 from sidecar.manager.plan import ModelFacts
@@ -472,5 +472,6 @@ def _adopted(saved: SavedState, fleet: SavedState) -> SavedState:
                                watermark=max(mine.watermark, shared.watermark),
                                candidate=None,
                                probation_until=mine.probation_until
-                               if mine.active == shared.active else 0.0)
+                               if mine.active == shared.active else 0.0,
+                               declared=mine.declared or ADOPTED)
     return replace(saved, models=models, quarantine={**saved.quarantine, **fleet.quarantine})

@@ -30,6 +30,7 @@ from sidecar.errors import (
 )
 from sidecar.loader.onnx import file_identity
 from sidecar.manager.entry import ModelEntry
+from sidecar.manager.fleethook import ADOPTED
 from sidecar.manager.manager import ModelManager
 from sidecar.manager.plan import Action, Declaration, Memory, Policy, plan
 from sidecar.manager.refs import MIN_DIGEST_PREFIX
@@ -83,7 +84,10 @@ class RepositorySync:
         if problem:
             await self._note_once(name, 0, problem)
         if self._manager.has_model(name):
-            self._manager.entry(name).declaring = declared_text
+            entry = self._manager.entry(name)
+            entry.declaring = declared_text
+            if entry.declared == ADOPTED:  # adopted from the fleet: its decision stands
+                await self._manager.set_declared(name, declared_text)
         refused = ""
         for _ in range(_MAX_ATTEMPTS):
             facts = self._manager.facts(name)
