@@ -114,6 +114,8 @@ class FleetLink:
         #: local decisions waiting to be published: model -> record; digest -> mark
         #: (None: lift the quarantine)
         self._pending: dict[str, FleetModel] = {}
+        #: the record revision each queued decision was made on
+        self._based: dict[str, int] = {}
         self._pending_marks: dict[str, QuarantineMark | None] = {}
         #: digests whose mark a command here is writing (see `mark`)
         self._own_marks: set[str] = set()
@@ -173,20 +175,28 @@ class FleetLink:
     # ---- the manager's hook ----------------------------------------------------------
 
     async def propose(self, model: str, after: Shared, *, actor: str, action: str,
-                      reason: str) -> None:
+                      reason: str, expected: str = "") -> None:
         if actor == FLEET_ACTOR:
             return
+        known = self.records.get(model)
+        if expected and known is not None and not _names(expected, known[0]):
+            raise FleetConflictError(
+                f"model '{model}': expected active '{expected[:80]}', but"
+                f" {describe(known[0])}")
         origin = Origin(self.replica, actor, action, reason[:1024], time.time())
         record = FleetModel(after.active, after.previous, after.pinned, dict(after.guard),
                             after.watermark, origin)
-        known = self.records.get(model)
         if action in SETTINGS_ONLY and known is not None:
             # a pin or guard settings: what the fleet serves stays what it is, even if
             # this replica does not serve it (it is diverged)
             record = FleetModel(known[0].active, known[0].previous, after.pinned,
                                 dict(after.guard), known[0].watermark, origin)
         if actor in LOCAL_FIRST:
+            # published later, against the record this decision was made on
+            based = self._based.get(model) if model in self._pending else None
             self._pending[model] = record
+            self._based[model] = based if based is not None else (
+                self.records.get(model, (None, 0))[1])
             self._wake.set()
             return
         current, revision = self.records.get(model, (None, 0))
@@ -466,36 +476,41 @@ class FleetLink:
                     if self._pending_marks.get(digest) is mark:
                         del self._pending_marks[digest]
                 for model, record in list(self._pending.items()):
-                    await self._publish_one(model, record)
+                    await self._publish_one(model, record, self._based.get(model, 0))
                     if self._pending.get(model) is record:
                         del self._pending[model]
+                        self._based.pop(model, None)
             except EtcdError as exc:
                 log.info("fleet decisions not published yet", extra={"reason": str(exc)})
                 await asyncio.sleep(_RETRY_S)  # a retry pause, not a wait for an event
                 self._wake.set()
 
-    async def _publish_one(self, model: str, record: FleetModel) -> None:
-        """Write a decision made here, unless the fleet has moved on meanwhile to a
-        version that is not quarantined (then this replica converges on it)."""
+    async def _publish_one(self, model: str, record: FleetModel, based: int) -> None:
+        """Write a decision made here. First against the record revision it was made
+        on; if the fleet changed since, the decision still stands only while the
+        fleet serves quarantined bytes: then its versions are written onto the
+        current record (whose pin and settings are kept); else the fleet has moved
+        on to a good version, and this replica converges on that instead."""
         key = model_key(self.fleet, model)
+        result = await self._client.swap(key, record.to_json(), based, deadline=self._deadline)
         for _ in range(8):
-            current, revision = self.records.get(model, (None, 0))
-            if current is not None and current.same_state(record):
-                return
-            if current is not None and current.active is not None \
-                    and current.active.digest not in self._manager.quarantine \
-                    and current.origin.time > record.origin.time:
-                log.info("fleet moved on: local decision not published",
-                         extra={"model": model})
-                self._converge_soon(model)
-                return
-            result = await self._client.swap(key, record.to_json(), revision,
-                                             deadline=self._deadline)
             if result.ok:
                 self.records[model] = (record, result.current.mod_revision
                                        if result.current else 0)
                 return
-            self._remember(model, result.current)
+            current = self._remember(model, result.current)
+            if current is None or current.active is None \
+                    or current.active.digest not in self._manager.quarantine:
+                log.info("fleet moved on: local decision not published",
+                         extra={"model": model})
+                self._converge_soon(model)
+                return
+            record = FleetModel(record.active, record.previous, current.pinned,
+                                dict(current.guard), max(current.watermark, record.watermark),
+                                record.origin)
+            revision = result.current.mod_revision if result.current else 0
+            result = await self._client.swap(key, record.to_json(), revision,
+                                             deadline=self._deadline)
 
     # ---- membership ---------------------------------------------------------------------
 
@@ -546,6 +561,15 @@ class FleetLink:
             tuple(sorted(self.marks.items())),
             len(self._pending) + len(self._pending_marks),
             tuple(sorted(self.errors.items())))
+
+
+def _names(expected: str, record: FleetModel) -> bool:
+    """Whether `expected` (a number, a 12+ hex digest prefix, or "none") names the
+    record's active version."""
+    text, active = expected.strip().lower(), record.active
+    if active is None:
+        return text in {"none", "0"}
+    return text == str(active.number) or (len(text) >= 12 and active.digest.startswith(text))
 
 
 def describe(record: FleetModel | None) -> str:

@@ -210,7 +210,8 @@ class Commands:
                         previous = old if old is not None else entry.serving.previous
                         await p.fleet.hook.propose(
                             model, shared(entry, version, previous), actor=actor,
-                            action="activate-forced" if force else "activate", reason=reason)
+                            action="activate-forced" if force else "activate", reason=reason,
+                            expected=expected_active)
                 except Exception:
                     if entry.serving.role(version) is None:
                         p.residency.retire([version])  # loaded only for this activation
@@ -266,7 +267,8 @@ class Commands:
                     f"the previous version {target.number} is quarantined ({why});"
                     " unquarantine it or use force")
             await p.fleet.hook.propose(model, shared(entry, target, old), actor=actor,
-                                       action="rollback", reason=reason)
+                                       action="rollback", reason=reason,
+                                       expected=expected_active)
             change = Change(p, entry)
             self.end_candidate(entry, None, f"superseded by rollback to version"
                                f" {target.number} ({actor})", change)

@@ -46,8 +46,10 @@ class Shared:
 
 class FleetHook(Protocol):
     async def propose(self, model: str, after: Shared, *, actor: str, action: str,
-                      reason: str) -> None:
-        """Make `after` the fleet's state of `model`, or raise (see the module)."""
+                      reason: str, expected: str = "") -> None:
+        """Make `after` the fleet's state of `model`, or raise (see the module);
+        `expected` (a command's expected_active) must name the fleet's active
+        version too."""
 
     async def mark(self, model: str, digest: str, reason: str, *, actor: str,
                    lift: bool = False) -> None:
@@ -58,7 +60,7 @@ class NoFleet:
     """A replica on its own: nothing is shared."""
 
     async def propose(self, model: str, after: Shared, *, actor: str, action: str,
-                      reason: str) -> None:
+                      reason: str, expected: str = "") -> None:
         return None
 
     async def mark(self, model: str, digest: str, reason: str, *, actor: str,
