@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -569,7 +570,17 @@ def _tail(stub: pb_grpc.ModelControlStub, call: Caller, *, model: str, after: in
         span *= 8
 
 
+def _stop_now(signum: int, frame: Any) -> None:
+    """Ctrl-C while following events: leave at once, exit code 0. A KeyboardInterrupt
+    raised inside gRPC's stream set-up can leave one of its threads behind, and the
+    interpreter then waits for it at exit: a `tail -f` must never hang on Ctrl-C."""
+    sys.stdout.flush()
+    os._exit(0)
+
+
 def _events(args: argparse.Namespace, stub: pb_grpc.ModelControlStub, call: Caller) -> None:
+    if args.follow:
+        signal.signal(signal.SIGINT, _stop_now)
     after = args.after
     if args.tail:
         events, newest = _tail(stub, call, model=args.model, after=after, count=args.tail)
