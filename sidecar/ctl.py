@@ -571,9 +571,10 @@ def _tail(stub: pb_grpc.ModelControlStub, call: Caller, *, model: str, after: in
 
 
 def _stop_now(signum: int, frame: Any) -> None:
-    """Ctrl-C while following events: leave at once, exit code 0. A KeyboardInterrupt
-    raised inside gRPC's stream set-up can leave one of its threads behind, and the
-    interpreter then waits for it at exit: a `tail -f` must never hang on Ctrl-C."""
+    """Ctrl-C while following events: leave at once, exit code 0. Installed
+    explicitly: a process started with SIGINT ignored (from a shell's background job
+    without job control, as some CI runners start it) gets no KeyboardInterrupt from
+    Python, and a `tail -f` must never hang on Ctrl-C."""
     sys.stdout.flush()
     os._exit(0)
 
