@@ -2,7 +2,8 @@
 
 `EtcdServer(data_dir)` starts `etcd` (3.4, package etcd-server; `make test` installs
 it when missing) with the command line of the spec, plus `--unsafe-no-fsync` (the
-data is scratch), and returns once `GET /health` answers `{"health":"true"}`.
+data is scratch), and returns once etcd logs that it serves client traffic (its
+readiness line, waited on as an event) and `GET /health` answers `{"health":"true"}`.
 `kill()` (SIGKILL) and `restart()` keep the same ports and data directory, so a
 client sees the very same server go away and come back with its data. Its log goes
 to `etcd.log` in the data directory's parent and is quoted when it fails to start.
@@ -21,7 +22,7 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -142,41 +143,55 @@ class EtcdServer:
         """Start etcd (on this server's ports and data) and wait until it is healthy."""
         if self.running:
             raise EtcdServerError("etcd is already running")
+        self._serving = threading.Event()
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(self.command(), stdout=log, stderr=log,
+            self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.PIPE,
                                           stdin=subprocess.DEVNULL)
+        threading.Thread(target=self._copy_log, args=(self._proc, self._serving),
+                         daemon=True).start()
         try:
             self._wait_healthy()
         except BaseException:
             self.kill()
             raise
 
+    def _copy_log(self, proc: subprocess.Popen[bytes], serving: threading.Event) -> None:
+        """etcd's log into log_path, line by line; `serving` is set when etcd says it
+        serves client traffic (its readiness), or when its log ends (it exited)."""
+        assert proc.stderr is not None
+        with proc.stderr, self.log_path.open("ab") as log:
+            for line in proc.stderr:
+                log.write(line)
+                log.flush()
+                if b"serving client traffic" in line:
+                    serving.set()
+        serving.set()
+
     def _wait_healthy(self) -> None:
-        # Polls another process's state, with a deadline: etcd has no readiness signal
-        # but its health endpoint.
-        deadline = time.monotonic() + START_TIMEOUT_S
-        url = f"{self.url}/health"
+        """Wait for etcd's own readiness line (with a deadline), then check that
+        `GET /health` answers `{"health":"true"}`."""
+        if not self._serving.wait(START_TIMEOUT_S):
+            raise EtcdServerError(f"etcd on {self.endpoint} not serving {START_TIMEOUT_S:.0f} s"
+                                  f" after start; log:\n{self.log_tail()}")
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            raise EtcdServerError(f"etcd exited with {self._proc.returncode} at start; "
+                                  f"log:\n{self.log_tail()}")
         context = None
         if self.tls is not None:
             context = ssl.create_default_context(cafile=self.tls.ca)
             context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
-        last = "no answer"
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise EtcdServerError(f"etcd exited with {self._proc.returncode} at start; "
-                                      f"log:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2, context=context) as reply:
-                    body = reply.read()
-                if json.loads(body).get("health") == "true":
-                    return
-                last = body.decode(errors="replace")
-            except (OSError, urllib.error.URLError, ValueError) as err:
-                last = str(err)
-            time.sleep(0.05)
-        raise EtcdServerError(f"etcd on {self.endpoint} not healthy {START_TIMEOUT_S:.0f} s after "
-                              f"start (last: {last}); log:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=START_TIMEOUT_S,
+                                        context=context) as reply:
+                body = reply.read()
+            healthy = json.loads(body).get("health") == "true"
+        except (OSError, urllib.error.URLError, ValueError) as err:
+            body, healthy = str(err).encode(), False
+        if not healthy:
+            raise EtcdServerError(f"etcd on {self.endpoint} serves but is not healthy"
+                                  f" ({body.decode(errors='replace')[:200]}); log:\n"
+                                  f"{self.log_tail()}")
 
     def channel(self) -> grpc.Channel:
         """A plain (synchronous) gRPC channel to it, with the test CA and client
