@@ -478,18 +478,31 @@ import os
 if os.environ.get("ABORT_MODEL_PATH"):
     # Test code injected into the server process only (the product is unchanged):
     # onnxruntime's run aborts the process, as a crashing operator would, when the
-    # session's model file is the one named and an input holds 666.
+    # session's model file is the one named and an input holds 666. The compiled
+    # session is wrapped, so that both InferenceSession.run and the sidecar's direct
+    # call of the compiled run (sidecar/loader/onnx.py) meet it.
     import onnxruntime
 
-    _run = onnxruntime.InferenceSession.run
+    class _Aborting:
+        def __init__(self, compiled):
+            self._compiled = compiled
 
-    def run(self, output_names, input_feed, run_options=None):
-        if os.environ["ABORT_MODEL_PATH"] in str(getattr(self, "_model_path", "")):
+        def run(self, output_names, input_feed, run_options=None):
             if any((getattr(v, "size", 0) and (v == 666.0).any()) for v in input_feed.values()):
                 os.abort()
-        return _run(self, output_names, input_feed, run_options)
+            return self._compiled.run(output_names, input_feed, run_options)
 
-    onnxruntime.InferenceSession.run = run
+        def __getattr__(self, name):
+            return getattr(self._compiled, name)
+
+    _init = onnxruntime.InferenceSession.__init__
+
+    def init(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        if os.environ["ABORT_MODEL_PATH"] in str(getattr(self, "_model_path", "")):
+            self._sess = _Aborting(self._sess)
+
+    onnxruntime.InferenceSession.__init__ = init
 """
 
 

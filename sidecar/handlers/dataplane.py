@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import CoroutineType
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from sidecar.handlers.types import (
     InferRequest,
     InferResult,
     ModelMetadata,
+    TensorLayout,
     VersionStatistics,
 )
 from sidecar.handlers.versionmeta import version_parameters
@@ -240,74 +242,129 @@ class DataPlane:
 
     async def infer(self, request: InferRequest, encode: Callable[[InferResult], T]) -> T:
         """Run one request on the session it names (or the active one's) and return
-        its answer as `encode` makes it (timed as the version's compute_output).
+        its answer as `encode` makes it (timed as the version's compute_output)."""
+        answer = self.infer_now(request, encode)
+        if type(answer) is CoroutineType:
+            return await answer  # type: ignore[no-any-return]
+        return answer  # type: ignore[return-value]
+
+    def infer_now(self, request: InferRequest, encode: Callable[[InferResult], T]
+                  ) -> T | Coroutine[Any, Any, T]:
+        """`infer` without a coroutine where none is needed: the answer at once
+        when the request runs inline on the calling thread (inputs decoded by the
+        rpc layer, a version predicted fast, no dynamic batching: the common
+        case), else a coroutine (`types.CoroutineType`) that gives it, which the
+        caller must await: it holds the version until it ends.
 
         The happy path is lean: a request whose layout (input names, datatypes,
         shapes, requested outputs) the session has seen before skips validation
         (its `Plan` is cached on the session), and the clock is read four times."""
         start = request.received_ns or time.perf_counter_ns()
         handle = self._manager.acquire(request.model, request.version)
+        held = True  # False once a coroutine returned owns the handle
         try:
             key = request.key if request.key is not None else _layout(request)
-            plan = handle.plans.get(key)
-            if plan is None:
-                plan = _plan(handle, request, key)
-            feeds: dict[str, np.ndarray]
-            if request.decoded:  # raw numeric tensors: views made by the rpc layer
-                feeds = {t.name: t.data for t in request.inputs}  # type: ignore[misc]
-            else:
+            plan = handle.plans.get(key) or _plan(handle, request, key)
+            feeds = request.feeds
+            if feeds is None or handle.batcher is not None or plan.text_out \
+                    or handle.stats.ns_per_element * plan.elements >= self._inline_max_ns:
+                held = False
+                return self._infer_later(handle, plan, request, encode, start)
+            before = time.perf_counter_ns()
+            try:
+                arrays = handle.runner.run(feeds, plan.names)  # inline: the fast path
+            except ModelExecutionError as exc:
+                held = False
+                return self._execution_failed(handle, plan, feeds, exc, start)
+            ran = time.perf_counter_ns()
+            encoded = encode(self._result(handle, plan, request, feeds, arrays, start))
+            self._succeeded(handle, plan, request, feeds, arrays, start, before, ran,
+                            ran - before, 0, False)
+            return encoded
+        finally:
+            if held:
+                handle.release()
+
+    async def _infer_later(self, handle: Servable, plan: Plan, request: InferRequest,
+                           encode: Callable[[InferResult], T], start: int) -> T:
+        """The rest of `infer_now` for requests that wait: inputs to decode, a
+        dynamic batch, a run in the pool, or BYTES answers to encode. Releases
+        `handle`."""
+        try:
+            feeds = request.feeds
+            if feeds is None:
                 feeds = await self._feeds(request, plan)
             before = time.perf_counter_ns()
             try:
-                if handle.batcher is None and \
-                        handle.stats.ns_per_element * plan.elements < self._inline_max_ns:
-                    arrays = handle.runner.run(feeds, plan.names)  # inline: the fast path
-                    ran = time.perf_counter_ns()
-                    infer_ns, queued_ns, batched = ran - before, 0, False
-                else:
-                    arrays, infer_ns, queued_ns, batched = await self._run(
-                        handle, plan, feeds, request)
-                    ran = time.perf_counter_ns()
+                arrays, infer_ns, queued_ns, batched = await self._run(
+                    handle, plan, feeds, request)
             except ModelExecutionError as exc:
-                if await self._fails_elsewhere(handle, feeds, plan.names):
-                    raise InvalidInputError(
-                        f"the input fails on {handle.label} and on the version it is"
-                        f" compared with alike, so it is the input: {_public(str(exc))}"
-                    ) from exc
-                self._failed(handle, start)
-                # The client gets one line without server paths; the control plane's
-                # statistics and the guard's events keep the failure.
-                raise ModelExecutionError(f"{handle.label} failed: {_public(str(exc))}"
-                                          ) from exc
-            if plan.floats and self._nonfinite is not None and self._nonfinite(handle.model):
-                bad = _non_finite(plan.names, arrays)
-                if bad and not _non_finite(list(feeds), list(feeds.values())):
-                    self._failed(handle, start)
-                    raise ModelExecutionError(f"{handle.label} produced non-finite values"
-                                              f" in output '{bad}'")
-            result = InferResult(request.model, handle.version_text, request.id, plan.names,
-                                 plan.datatypes, arrays, plan)
+                await self._execution_failed(handle, plan, feeds, exc, start, release=False)
+            ran = time.perf_counter_ns()
+            result = self._result(handle, plan, request, feeds, arrays, start)
             if plan.text_out and any(a.size > _INLINE_BYTES_ELEMENTS for a in arrays):
                 # BYTES are encoded element by element: not on the loop
                 encoded = await asyncio.get_running_loop().run_in_executor(
                     self._executor, encode, result)
             else:
                 encoded = encode(result)
-            end = time.perf_counter_ns()
-            handle.stats.record_success(
-                end - start, infer_ns, plan.rows or 1, plan.elements,
-                before - start, end - ran, queued_ns, 0 if batched else 1, end)
-            observer = handle.observer
-            if observer is not None:
-                observer.observe(True, end - start)
-                if self._mirror is not None and not request.version:
-                    self._mirror.offer(handle.model, feeds, plan.names, arrays)
-            if request.id and handle.model in self._remembering:
-                self._remember(handle, request.id, plan.names, arrays, feeds,
-                               bool(request.version))
+            self._succeeded(handle, plan, request, feeds, arrays, start, before, ran,
+                            infer_ns, queued_ns, batched)
             return encoded
         finally:
             handle.release()
+
+    async def _execution_failed(self, handle: Servable, plan: Plan,
+                                feeds: dict[str, np.ndarray], exc: ModelExecutionError,
+                                start: int, *, release: bool = True) -> NoReturn:
+        """Raise what a failed run means: the input's error when it fails alike on
+        the version this one is judged against, else the version's (counted, and
+        told to the guard). Releases `handle` when told to."""
+        try:
+            if await self._fails_elsewhere(handle, feeds, plan.names):
+                raise InvalidInputError(
+                    f"the input fails on {handle.label} and on the version it is"
+                    f" compared with alike, so it is the input: {_public(str(exc))}"
+                ) from exc
+            self._failed(handle, start)
+            # The client gets one line without server paths; the control plane's
+            # statistics and the guard's events keep the failure.
+            raise ModelExecutionError(f"{handle.label} failed: {_public(str(exc))}") from exc
+        finally:
+            if release:
+                handle.release()
+
+    def _result(self, handle: Servable, plan: Plan, request: InferRequest,
+                feeds: dict[str, np.ndarray], arrays: list[np.ndarray], start: int
+                ) -> InferResult:
+        """The answer, once its outputs are known to be acceptable (finite, where
+        the guard counts non-finite outputs as failures)."""
+        if plan.floats and self._nonfinite is not None and self._nonfinite(handle.model):
+            bad = _non_finite(plan.names, arrays)
+            if bad and not _non_finite(list(feeds), list(feeds.values())):
+                self._failed(handle, start)
+                raise ModelExecutionError(f"{handle.label} produced non-finite values"
+                                          f" in output '{bad}'")
+        return InferResult(request.model, handle.version_text, request.id, plan.names,
+                           plan.datatypes, arrays, plan)
+
+    def _succeeded(self, handle: Servable, plan: Plan, request: InferRequest,
+                   feeds: dict[str, np.ndarray], arrays: list[np.ndarray], start: int,
+                   before: int, ran: int, infer_ns: int, queued_ns: int, batched: bool
+                   ) -> None:
+        """An answered request: statistics, the guard, the shadow, the quality join."""
+        end = time.perf_counter_ns()
+        handle.stats.record_success(
+            end - start, infer_ns, plan.rows or 1, plan.elements,
+            before - start, end - ran, queued_ns, 0 if batched else 1, end)
+        observer = handle.observer
+        if observer is not None:
+            observer.observe(True, end - start)
+            if self._mirror is not None and not request.version:
+                self._mirror.offer(handle.model, feeds, plan.names, arrays)
+        if request.id and handle.model in self._remembering:
+            self._remember(handle, request.id, plan.names, arrays, feeds,
+                           bool(request.version))
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # hashed by identity
@@ -334,7 +391,7 @@ _MAX_PLANS = 256
 
 
 def _layout(request: InferRequest) -> tuple[Any, ...]:
-    return (tuple((t.name, t.datatype, t.shape) for t in request.inputs),
+    return (tuple((t.name, t.datatype, t.shape) for t in request.layout()),
             tuple(request.outputs))
 
 
@@ -342,21 +399,22 @@ def _plan(handle: Servable, request: InferRequest, key: tuple[Any, ...]) -> Plan
     """Validate a request's layout against the session's signature (raising
     InvalidInputError with the reason) and remember the plan for its layout."""
     signature = handle.signature
-    _validated_inputs(handle, signature, request.inputs)
+    inputs = request.layout()
+    _validated_inputs(handle, signature, inputs)
     names = _requested_outputs(handle, signature, request.outputs)
     specs = signature.output_by_name
     datatypes = tuple(specs[n].datatype for n in names)
-    shapes = [t.shape for t in request.inputs]
+    shapes = [t.shape for t in inputs]
     firsts = {s[0] for s in shapes if s}
     rows = firsts.pop() if len(firsts) == 1 and all(shapes) else 0
     plan = Plan(
         names=names, datatypes=datatypes,
-        elements=max(1, sum(t.elements for t in request.inputs)),
+        elements=max(1, sum(t.elements for t in inputs)),
         rows=rows,
         floats=any(NUMPY_DTYPES[d].kind in "fc" for d in datatypes),
         text_out="BYTES" in datatypes,
         layout=key,
-        batch_key=(tuple((t.name, t.datatype, t.shape[1:]) for t in request.inputs),
+        batch_key=(tuple((t.name, t.datatype, t.shape[1:]) for t in inputs),
                    tuple(names)),
     )
     if len(handle.plans) < _MAX_PLANS:
@@ -394,12 +452,12 @@ def _non_finite(names: list[str], arrays: list[np.ndarray]) -> str:
 
 
 def _validated_inputs(
-    version: Servable, signature: Signature, inputs: list[InferInput]
-) -> dict[str, InferInput]:
+    version: Servable, signature: Signature, inputs: Sequence[InferInput | TensorLayout]
+) -> None:
     """The inputs by name, once names, datatypes and shapes fit the signature
     (before any of them is decoded)."""
     specs = signature.input_by_name
-    feeds: dict[str, InferInput] = {}
+    feeds: dict[str, InferInput | TensorLayout] = {}
     sizes: dict[str, int] = {}
     for tensor in inputs:
         spec = specs.get(tensor.name)
@@ -430,7 +488,6 @@ def _validated_inputs(
     if len(feeds) != len(specs):
         missing = ", ".join(name for name in specs if name not in feeds)
         raise InvalidInputError(f"{version.label} needs input(s) {missing}, which are missing")
-    return feeds
 
 
 def _requested_outputs(

@@ -37,20 +37,44 @@ class InferInput:
         return math.prod(self.shape)
 
 
+@dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: one per distinct layout
+class TensorLayout:
+    """An input's name, datatype and shape: what is checked against a signature,
+    once per layout. The rpc layer keeps one object per layout it has seen, so a
+    request's layout is a tuple of these, cheap to hash."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+
 @dataclass(slots=True)
 class InferRequest:
     model: str
     version: str = ""  # "" = the active version
     id: str = ""
+    #: The inputs, each decoded or to be decoded (when `feeds` is None).
     inputs: list[InferInput] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # [] = all, in signature order
     #: The layout (input names, datatypes, shapes; requested outputs), hashable:
     #: what a version's validation plan is cached by. None: the handler makes it.
     key: tuple[Any, ...] | None = None
-    decoded: bool = False  # every input's `data` is set (the rpc layer's fast path)
+    #: The rpc layer's fast path: every input already decoded (raw numeric
+    #: tensors, views of the message), by name, with `tensors` their layouts in
+    #: request order; `inputs` is then empty.
+    feeds: dict[str, np.ndarray] | None = None
+    tensors: tuple[TensorLayout, ...] = ()
     received_ns: int = 0  # perf_counter_ns when the transport had the request (0: unknown)
     #: Seconds left before the client's deadline (None: no deadline); asked lazily.
     time_left: Callable[[], float | None] | None = None
+
+    def layout(self) -> tuple[TensorLayout, ...] | list[InferInput]:
+        """The inputs' names, datatypes and shapes, in request order."""
+        return self.tensors if self.feeds is not None else self.inputs
 
 
 @dataclass(slots=True)

@@ -128,14 +128,27 @@ class FileIdentity:
 
 
 class Runner:
-    """A live session. `run` is thread-safe (onnxruntime sessions are)."""
+    """A live session. `run` is thread-safe (onnxruntime sessions are).
 
-    __slots__ = ("_output_names", "_session", "_text_inputs")
+    On the CPU provider alone, `run` calls the session's compiled run method
+    directly (`InferenceSession._sess.run`), skipping the Python wrapper's own
+    input checks (a microsecond a call: requests are checked against the
+    signature before they get here) and its fallback to other providers (none
+    to fall back from). Sessions without it (another onnxruntime) and other
+    providers go through `InferenceSession.run`."""
+
+    __slots__ = ("_output_names", "_run", "_session", "_text_inputs", "direct")
 
     def __init__(self, session: Any, signature: Signature) -> None:
         self._session = session
         self._output_names = list(signature.output_names)
         self._text_inputs = frozenset(t.name for t in signature.inputs if t.datatype == "BYTES")
+        compiled = getattr(session, "_sess", None)
+        direct = getattr(compiled, "run", None)
+        cpu_only = getattr(session, "get_providers", list)() == ["CPUExecutionProvider"]
+        #: whether `run` calls the compiled session directly
+        self.direct = callable(direct) and cpu_only
+        self._run: Any = direct if self.direct else session.run
 
     def run(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
@@ -145,14 +158,14 @@ class Runner:
         Requests are validated against the signature before they get here, so an
         error raised by onnxruntime is counted against the version.
         """
-        session = self._session
-        if session is None:
+        if self._session is None:
             raise ModelExecutionError("session is closed")
         if self._text_inputs:
             feeds = {k: _as_text(k, v) if k in self._text_inputs else v for k, v in feeds.items()}
         try:
-            result: list[np.ndarray] = session.run(
-                outputs or self._output_names, feeds if type(feeds) is dict else dict(feeds))
+            result: list[np.ndarray] = self._run(
+                outputs or self._output_names, feeds if type(feeds) is dict else dict(feeds),
+                None)
         except Exception as exc:  # onnxruntime raises several unrelated classes
             raise ModelExecutionError(one_line(exc)) from exc
         return result
@@ -160,6 +173,7 @@ class Runner:
     def close(self) -> None:
         # onnxruntime frees a session when the last reference goes.
         self._session = None
+        self._run = None
 
 
 @dataclass(frozen=True, slots=True)

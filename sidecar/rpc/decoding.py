@@ -1,4 +1,6 @@
-"""Requests that do not parse are the client's error, answered in one line.
+"""Requests that do not parse are the client's error, answered in one line;
+the registration of services (with answers already serialized, where a
+servicer says so).
 
 grpc deserialises a request before any servicer code runs, and a payload that
 is not the method's message (random bytes, another message) is logged by grpc
@@ -53,8 +55,9 @@ class LenientRegistration:
     here rather than by an interceptor on every call (grpc.aio runs each
     interceptor as a coroutine per call, and loses its fast method lookup)."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, raw_responses: frozenset[str] = frozenset()) -> None:
         self._server = server
+        self._raw_responses = raw_responses
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         pass  # rebuilt from the registered handlers below
@@ -66,11 +69,15 @@ class LenientRegistration:
             if handler.request_deserializer is not None else handler
             for name, handler in handlers.items()
         }
+        for name in self._raw_responses & lenient.keys():
+            # The servicer answers wire bytes: grpc sends them as they are.
+            lenient[name] = lenient[name]._replace(response_serializer=None)
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, lenient),))
         self._server.add_registered_method_handlers(service, lenient)
 
 
 def add_lenient(add: Callable[[Any, Any], None], servicer: Any, server: Any) -> None:
-    """`add(servicer, server)` (a generated registration), with lenient decoding."""
-    add(servicer, LenientRegistration(server))
+    """`add(servicer, server)` (a generated registration), with lenient decoding.
+    Methods the servicer lists in `RAW_RESPONSES` answer serialized messages."""
+    add(servicer, LenientRegistration(server, getattr(servicer, "RAW_RESPONSES", frozenset())))
