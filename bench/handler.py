@@ -1,12 +1,13 @@
 """The data plane's own Python per ModelInfer, in a tight loop (a development aid).
 
-    python bench/handler.py [--calls N] [--repeat R] [--no-guard]
+    python bench/handler.py [--scenario tiny|dense] [--calls N] [--repeat R] [--no-guard]
 
 Builds what `sidecar serve` builds for the inference port (manager, guard,
-shadow mirror, quality engine, data plane, the servicer) on the tiny model, in
+shadow mirror, quality engine, data plane, the servicer) on the model of a
+bench/run.py scenario (tiny: FP32 [1, 4]; dense: FP32 [8, 512]), in
 this process, with no transport: each call parses a serialized
-`ModelInferRequest` with the lenient deserializer grpc is given, runs the
-servicer's `ModelInfer` coroutine to its end and serializes the answer. Beside
+`ModelInferRequest` with the lenient deserializer grpc is given, awaits the
+servicer's `ModelInfer` on a running event loop and serializes the answer. Beside
 it, the same steps with the minimal server's handler (bench/minimal_server.py,
 written again here on the sidecar's generated modules, which cannot share a
 process with tritonclient's) on the same session, and `session.run` alone.
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import server
+from harness import models, server
 
 from sidecar.guard.guard import Guard
 from sidecar.guard.rules import GuardSettings
@@ -57,10 +58,15 @@ class Context:
         raise RuntimeError(f"{code}: {message}")
 
 
-def request_bytes() -> bytes:
-    request = pb.ModelInferRequest(model_name="tiny")
-    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])
-    request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+#: scenario -> (model, input rows, input width), as in bench/run.py
+SCENARIOS = {"tiny": (lambda: models.tiny_model(1), 1, models.TINY_IN),
+             "dense": (models.dense_model, 8, 512)}
+
+
+def request_bytes(model: str, x: np.ndarray) -> bytes:
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
     return request.SerializeToString()
 
 
@@ -82,27 +88,27 @@ def minimal_handler(session: Any) -> Any:
     return infer
 
 
-def per_call(handler: Any, decode: Any, data: bytes, calls: int, repeat: int) -> float:
-    """Best microseconds per call: decode, run the coroutine to its end, encode."""
+def per_call(loop: asyncio.AbstractEventLoop, handler: Any, decode: Any, data: bytes,
+             calls: int, repeat: int) -> float:
+    """Best microseconds per call: decode, await the handler, encode (what grpc
+    does around a servicer method), on a running event loop."""
     context = Context()
+
+    async def many() -> None:
+        for _ in range(calls):
+            answer = await handler(decode(data), context)
+            if not isinstance(answer, bytes):  # the sidecar answers wire bytes
+                answer.SerializeToString()
+
     best = float("inf")
     for _ in range(repeat):
         began = time.perf_counter_ns()
-        for _ in range(calls):
-            coroutine = handler(decode(data), context)
-            try:
-                coroutine.send(None)
-            except StopIteration as done:
-                answer = done.value
-                if not isinstance(answer, bytes):  # the sidecar answers wire bytes
-                    answer.SerializeToString()
-            else:
-                raise RuntimeError("the handler suspended: not the inline path")
+        loop.run_until_complete(many())
         best = min(best, (time.perf_counter_ns() - began) / calls / 1000)
     return best
 
 
-async def build(repo: Path, guard_on: bool) -> tuple[InferenceServicer, Any]:
+async def build(repo: Path, model: str, guard_on: bool) -> tuple[InferenceServicer, Any]:
     pool = ThreadPoolExecutor(2)
     manager = ModelManager(repo, SessionConfig(), events=EventLog(None))
     guard = Guard(manager, defaults=GuardSettings(enabled=guard_on),
@@ -114,34 +120,38 @@ async def build(repo: Path, guard_on: bool) -> tuple[InferenceServicer, Any]:
     await manager.start()
     guard.start()
     servicer = InferenceServicer(plane, {}, repository_control=False, outcomes={})
-    handle = manager.acquire("tiny")
+    handle = manager.acquire(model)
     handle.release()
     return servicer, handle.runner._session
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=tuple(SCENARIOS), default="tiny")
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--no-guard", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sidecar-handler-") as tmp:
-        repo = server.tiny_repo(Path(tmp), versions=(1,))
+        make, rows, width = SCENARIOS[args.scenario]
+        repo = Path(tmp) / "repo"
+        server.write_version(repo, args.scenario, 1, make())
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)  # the handlers may ask for the running loop's time
-        servicer, session = loop.run_until_complete(build(repo, not args.no_guard))
+        servicer, session = loop.run_until_complete(build(repo, args.scenario,
+                                                          not args.no_guard))
         decode = _lenient("/inference.GRPCInferenceService/ModelInfer",
                           pb.ModelInferRequest.FromString)
-        data = request_bytes()
-        feeds = {"INPUT0": np.ones((1, 4), np.float32)}
+        x = np.random.default_rng(7).standard_normal((rows, width), dtype=np.float32)
+        data = request_bytes(args.scenario, x)
+        feeds = {"INPUT0": x}
         names = [o.name for o in session.get_outputs()]
-        for _ in range(2000):  # warm caches and the validation plan
-            per_call(servicer.ModelInfer, decode, data, 1, 1)
+        per_call(loop, servicer.ModelInfer, decode, data, 2000, 1)  # warm caches and plans
         rows = []
         for name, handler, dec in (
                 ("sidecar", servicer.ModelInfer, decode),
                 ("minimal", minimal_handler(session), pb.ModelInferRequest.FromString)):
-            rows.append((name, per_call(handler, dec, data, args.calls, args.repeat)))
+            rows.append((name, per_call(loop, handler, dec, data, args.calls, args.repeat)))
         began = time.perf_counter_ns()
         for _ in range(args.calls):
             session.run(names, feeds)

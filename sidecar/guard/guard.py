@@ -106,15 +106,23 @@ class Decision:
 class Watch:
     """The guard's window on one session; the session's observer."""
 
-    __slots__ = ("_guard", "next_judged", "servable", "window")
+    __slots__ = ("_guard", "_model", "next_judged", "servable", "window")
 
     def __init__(self, guard: Guard, servable: Servable, window: OutcomeWindow) -> None:
         self._guard = guard
+        self._model = guard.model(servable.model)  # one per model, for the process's life
         self.servable = servable
         self.window = window
         self.next_judged = 0.0  # monotonic: successes are not judged before this
 
     def observe(self, ok: bool, latency_ns: int) -> None:
+        model, servable = self._model, self.servable
+        if ok and servable is not model.watched and servable is not model.candidate:
+            # A success of a version neither on probation nor a canary or shadow
+            # judges nothing (Guard.observed would only record it): the request
+            # path's common case, recorded here.
+            self.window.record(self._guard._clock(), True, latency_ns)
+            return
         self._guard.observed(self, ok, latency_ns)
 
 
@@ -302,6 +310,9 @@ class Guard:
         for entry in self._manager.entries():
             guard = self.model(entry.name)
             self._rewatch(entry)
+            candidate = entry.serving.canary or entry.serving.shadow
+            if guard.settings.enabled and candidate is not None:
+                guard.candidate = candidate.servable  # judged as on_swap would have it
             active = entry.serving.active
             if (guard.settings.enabled and active is not None
                     and entry.probation_until > wall):

@@ -45,12 +45,8 @@ class VersionStats:
     the answer.
     """
 
-    success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
     queue: Duration = field(default_factory=Duration)
-    compute_input: Duration = field(default_factory=Duration)
-    compute_infer: Duration = field(default_factory=Duration)
-    compute_output: Duration = field(default_factory=Duration)
     inference_count: int = 0  # batch elements inferred
     execution_count: int = 0  # model runs (a dynamic batch is one run)
     #: perf_counter_ns of the last inference (0: none yet); see `last_inference_ms`
@@ -61,25 +57,41 @@ class VersionStats:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Dynamic batches by size (rows): how many ran, and their compute time.
     batches: dict[int, Duration] = field(default_factory=dict)
+    #: Successes, and the sums of their durations: each one adds to all four
+    #: (plain counters on the request path; read as Durations below).
+    successes: int = 0
+    success_ns: int = 0
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+    @property
+    def success(self) -> Duration:
+        return Duration(self.successes, self.success_ns)
+
+    @property
+    def compute_input(self) -> Duration:
+        return Duration(self.successes, self.input_ns)
+
+    @property
+    def compute_infer(self) -> Duration:
+        return Duration(self.successes, self.infer_ns)
+
+    @property
+    def compute_output(self) -> Duration:
+        return Duration(self.successes, self.output_ns)
 
     def record_success(self, total_ns: int, infer_ns: int, batch: int, elements: int = 1,
                        input_ns: int = 0, output_ns: int = 0, queue_ns: int = 0,
                        executions: int = 1, end_ns: int = 0) -> None:
         """One answered request: `total_ns` from its arrival to its encoded answer.
         `executions` 0: it ran in a dynamic batch, which counts its own run."""
-        success = self.success
-        success.count += 1
-        success.ns += total_ns
+        self.successes += 1
+        self.success_ns += total_ns
+        self.input_ns += input_ns
+        self.infer_ns += infer_ns
+        self.output_ns += output_ns
         self.latency.record(total_ns)
-        compute = self.compute_infer
-        compute.count += 1
-        compute.ns += infer_ns
-        compute = self.compute_input
-        compute.count += 1
-        compute.ns += input_ns
-        compute = self.compute_output
-        compute.count += 1
-        compute.ns += output_ns
         if queue_ns:
             self.queue.count += 1
             self.queue.ns += queue_ns

@@ -9,13 +9,12 @@ the order of `outputs`, which is what tritonclient decodes.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
 
-from sidecar.datatypes import CONFIG_TYPES, KNOWN_DATATYPES, NUMPY_DTYPES, WIRE_DTYPES
+from sidecar.datatypes import CONFIG_TYPES, KNOWN_DATATYPES, NUMPY_DTYPES
 from sidecar.errors import InvalidInputError
 from sidecar.handlers.types import (
     IndexEntry,
@@ -23,14 +22,12 @@ from sidecar.handlers.types import (
     InferRequest,
     InferResult,
     ModelMetadata,
-    TensorLayout,
     VersionStatistics,
 )
 from sidecar.loader.signature import TensorSpec
+from sidecar.rpc import wire
 from sidecar.rpc.codec import (
     MAX_BYTES_ELEMENTS,
-    MAX_ELEMENTS,
-    MAX_RANK,
     check_shape,
     decode_raw,
     element_count,
@@ -54,75 +51,18 @@ TYPED_FIELDS: Final[dict[str, str]] = {
     "BYTES": "bytes_contents",
 }
 _TYPED_NAMES: Final = tuple(sorted(set(TYPED_FIELDS.values())))
-#: Datatypes whose raw contents are a numpy view of the bytes.
-_RAW_NUMERIC: Final = {k: v for k, v in WIRE_DTYPES.items() if k != "BYTES"}
-
-
-#: A raw numeric input's layout, its numpy dtype and its size in bytes, by the
-#: input's metadata as wire bytes (name, datatype, shape, parameters: never
-#: contents, which would be in the bytes too): what was checked once for a
-#: tensor is looked up, not checked again. Bounded: cleared when full.
-_RAW_INPUTS: dict[bytes, tuple[TensorLayout, np.dtype[Any], int]] = {}
-_MAX_RAW_INPUTS = 4096
-_MAX_INPUT_KEY = 1024  # bytes: metadata longer than this is checked every time
 
 
 def infer_request(msg: pb.ModelInferRequest, received_ns: int = 0,
                   time_left: Callable[[], float | None] | None = None) -> InferRequest:
     """The request's tensors, checked for what they are on their own (datatype,
     shape, size). When every input is a raw numeric tensor (what tritonclient
-    sends) they come decoded, as views of the message's bytes (no copy): the
-    fast path, one dict lookup per input for its checked layout. BYTES and typed
-    contents are decoded by the handler, once the model, name, datatype and
-    shape are known to fit. Error text is built on errors only."""
-    raw = msg.raw_input_contents
-    if raw:
-        tensors = msg.inputs
-        if len(raw) != len(tensors):
-            raise InvalidInputError(
-                f"request for model '{msg.model_name[:80]}' has {len(tensors)} input(s) but"
-                f" {len(raw)} raw_input_contents entries"
-            )
-        feeds: dict[str, np.ndarray] = {}
-        layouts: list[TensorLayout] = []
-        for index, tensor in enumerate(tensors):
-            metadata = tensor.SerializeToString()
-            known = _RAW_INPUTS.get(metadata)
-            if known is None:
-                known = _raw_input(tensor, metadata)
-                if known is None:  # not a raw numeric tensor, or not a well-formed one
-                    return _general_request(msg, received_ns, time_left)
-            layout, dtype, size = known
-            buf = raw[index]
-            if len(buf) != size:
-                return _general_request(msg, received_ns, time_left)  # it says why
-            feeds[layout.name] = np.ndarray(layout.shape, dtype, buf)
-            layouts.append(layout)
-        outputs = [o.name for o in msg.outputs] if msg.outputs else []
-        shapes = tuple(layouts)
-        # positional: the fields' order in InferRequest
-        return InferRequest(msg.model_name, msg.model_version, msg.id, [], outputs,
-                            (shapes, tuple(outputs)), feeds, shapes, received_ns, time_left)
-    return _general_request(msg, received_ns, time_left)
-
-
-def _raw_input(tensor: Any, metadata: bytes) -> tuple[TensorLayout, np.dtype[Any], int] | None:
-    """A well-formed raw numeric input's layout, dtype and size (remembered), or None."""
-    datatype = tensor.datatype
-    dtype = _RAW_NUMERIC.get(datatype)
-    shape = tuple(tensor.shape)
-    if dtype is None or tensor.HasField("contents") or len(shape) > MAX_RANK \
-            or (shape and min(shape) <= 0):
-        return None
-    count = math.prod(shape)
-    if count > MAX_ELEMENTS:
-        return None
-    known = (TensorLayout(tensor.name, datatype, shape), dtype, count * dtype.itemsize)
-    if len(metadata) <= _MAX_INPUT_KEY:
-        if len(_RAW_INPUTS) >= _MAX_RAW_INPUTS:
-            _RAW_INPUTS.clear()
-        _RAW_INPUTS[metadata] = known
-    return known
+    sends) they come decoded, as views of the message's bytes (no copy), by
+    the fast path of wire.py. BYTES and typed contents are decoded by the
+    handler, once the model, name, datatype and shape are known to fit. Error
+    text is built on errors only."""
+    fast = wire.raw_request(msg, received_ns, time_left)
+    return fast if fast is not None else _general_request(msg, received_ns, time_left)
 
 
 def _general_request(msg: pb.ModelInferRequest, received_ns: int,
@@ -262,69 +202,12 @@ def infer_response(result: InferResult) -> pb.ModelInferResponse:
     return response
 
 
-#: The fixed parts of answers on the wire, by the plan and output shapes that
-#: made them: the model, version and output metadata as one run of bytes, and
-#: per output the header of its raw_output_contents entry (tag and length) and
-#: its wire dtype. Answers with a BYTES output (lengths vary) are messages.
-_HEADS: dict[tuple[Any, ...], tuple[bytes, tuple[tuple[bytes, np.dtype[Any]], ...]]] = {}
-_MAX_HEADS = 1024
-_ID_TAG = b"\x1a"  # field 3 (id), length-delimited
-_RAW_OUTPUT_TAG = b"\x32"  # field 6 (raw_output_contents), length-delimited
-
-
 def infer_response_wire(result: InferResult) -> bytes:
-    """The answer as ModelInferResponse wire bytes, what `infer_response` would
-    serialize to (fields in another order, which every protobuf parser accepts):
-    the cached head of its plan and shapes, the id, then each output's header
-    and bytes. grpc sends them as they are (ModelInfer is registered without a
-    response serializer)."""
-    arrays = result.arrays
-    plan = result.plan
-    if len(arrays) == 1:
-        key: tuple[Any, ...] = (plan, arrays[0].shape)
-    else:
-        key = (plan, *[a.shape for a in arrays])
-    head = _HEADS.get(key) if plan is not None else None
-    if head is None:
-        if plan is None or "BYTES" in result.datatypes:
-            return infer_response(result).SerializeToString()
-        head = _head(result, key)
-    first, outputs = head
-    parts = [first]
-    if result.id:
-        data = result.id.encode()
-        parts += (_ID_TAG, _varint(len(data)), data)
-    for (header, dtype), array in zip(outputs, arrays, strict=True):
-        parts.append(header)
-        parts.append(array.tobytes() if array.dtype == dtype
-                     else np.ascontiguousarray(array, dtype=dtype).tobytes())
-    return b"".join(parts)
-
-
-def _head(result: InferResult, key: tuple[Any, ...]
-          ) -> tuple[bytes, tuple[tuple[bytes, np.dtype[Any]], ...]]:
-    meta = pb.ModelInferResponse(model_name=result.model, model_version=result.version)
-    outputs: list[tuple[bytes, np.dtype[Any]]] = []
-    for name, datatype, array in zip(result.names, result.datatypes, result.arrays,
-                                     strict=True):
-        meta.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        dtype = WIRE_DTYPES[datatype]
-        outputs.append((_RAW_OUTPUT_TAG + _varint(array.size * dtype.itemsize), dtype))
-    head = (meta.SerializeToString(), tuple(outputs))
-    if len(_HEADS) >= _MAX_HEADS:
-        _HEADS.clear()
-    _HEADS[key] = head
-    return head
-
-
-def _varint(n: int) -> bytes:
-    """`n` (>= 0) as a protobuf base-128 varint."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    """The answer as ModelInferResponse wire bytes (wire.py's, or the message's
+    when that has none). grpc sends them as they are: ModelInfer is registered
+    without a response serializer."""
+    data = wire.answer(result)
+    return data if data is not None else infer_response(result).SerializeToString()
 
 
 def _tensor_metadata(
