@@ -1,6 +1,7 @@
 """The data plane's own Python per ModelInfer, in a tight loop (a development aid).
 
     python bench/handler.py [--scenario tiny|dense] [--calls N] [--repeat R] [--no-guard]
+                            [--quick]
 
 Builds what `sidecar serve` builds for the inference port (manager, guard,
 shadow mirror, quality engine, data plane, the servicer) on the model of a
@@ -131,7 +132,10 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--no-guard", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="2 x 1,000 calls (a smoke test)")
     args = parser.parse_args()
+    if args.quick:
+        args.calls, args.repeat = 1000, 2
     with tempfile.TemporaryDirectory(prefix="sidecar-handler-") as tmp:
         make, rows, width = SCENARIOS[args.scenario]
         repo = Path(tmp) / "repo"
