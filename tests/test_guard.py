@@ -178,6 +178,28 @@ def test_canary_is_promoted_when_healthy(guarded: Any) -> None:
     assert {"2", "3"} <= set(outcomes) and not [o for o in outcomes if o.startswith("error")]
 
 
+def test_a_canary_started_with_the_guard_off_is_judged_once_it_is_on(guarded: Any) -> None:
+    """The guard turned on while a canary runs judges that canary (and promotes it
+    when healthy) without waiting for another change of what serves."""
+    srv, events = guarded({3: make_models.tiny_model(3)})
+    stub = control_stub(srv.control_address)
+    stub.SetGuard(cpb.SetGuardRequest(model="tiny", settings={
+        "enabled": "false", "canary_promote_requests": "100", "canary_promote_s": "0"}),
+        timeout=10)
+    load = Load(srv.address, "tiny")
+    try:
+        stub.Canary(cpb.CanaryRequest(model="tiny", version="3", weight_percent=30),
+                    timeout=30)
+        load.wait_count(load.mark() + 50)
+        stub.SetGuard(cpb.SetGuardRequest(model="tiny", settings={"enabled": "true"}),
+                      timeout=10)
+        promoted = events.wait_for(model="tiny", action="activate", actor="guard")
+    finally:
+        outcomes = load.stop()
+    assert promoted.to_version.number == 3 and "canary healthy" in promoted.reason
+    assert not [o for o in outcomes if o.startswith("error")]
+
+
 def test_bad_canary_is_aborted_and_quarantined(guarded: Any) -> None:
     """A failing canary is aborted; the active version never stopped serving."""
     srv, events = guarded({3: make_models.buggy_model(2)})

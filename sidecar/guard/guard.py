@@ -265,6 +265,9 @@ class Guard:
             self._watch(servable, guard.settings, fresh=False)
         if not guard.settings.enabled:
             guard.watched = guard.candidate = None
+        else:  # what a Watch judges successes of (after a restore, or the guard turned on)
+            candidate = serving.canary or serving.shadow
+            guard.candidate = candidate.servable if candidate is not None else None
 
     # ---- hooks from the manager ------------------------------------------------------
 
@@ -310,9 +313,6 @@ class Guard:
         for entry in self._manager.entries():
             guard = self.model(entry.name)
             self._rewatch(entry)
-            candidate = entry.serving.canary or entry.serving.shadow
-            if guard.settings.enabled and candidate is not None:
-                guard.candidate = candidate.servable  # judged as on_swap would have it
             active = entry.serving.active
             if (guard.settings.enabled and active is not None
                     and entry.probation_until > wall):
