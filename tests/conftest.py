@@ -10,6 +10,7 @@ what tritonclient's API cannot send, such as typed contents).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,9 @@ class ServerProcess:
         """Start it and wait for the log line `until` ("serving": ready to use;
         "listening": its ports are bound, models may still be loading)."""
         self.repo = repo
+        #: a state directory made here is removed once the server stopped; one
+        #: given is the test's (it may start another server on it)
+        self._own_state = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="sidecar-state-"))
         cmd = [
             sys.executable, "-m", "sidecar", "serve",
@@ -54,12 +58,13 @@ class ServerProcess:
         self.log: list[dict[str, Any]] = self._log.records
         try:
             serving = self.wait_for(until)
-        except BaseException:  # never leave a process or its pipes behind
+        except BaseException:  # never leave a process, its pipes or its state behind
             self.proc.kill()
             self.proc.wait()
             for pipe in (self.proc.stdout, self.proc.stderr):
                 if pipe is not None:
                     pipe.close()
+            self._remove_state()
             raise
         self.address: str = serving["address"]
         self.control_address: str = serving["control_address"]
@@ -89,6 +94,12 @@ class ServerProcess:
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream:
                     stream.close()
+            if self.proc.poll() is not None:
+                self._remove_state()
+
+    def _remove_state(self) -> None:
+        if self._own_state:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def write_standard_repo(repo: Path) -> Path:
