@@ -116,11 +116,14 @@ def control_stub(address: str) -> Any:
 
 
 def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll a condition of a server we cannot subscribe to, with a deadline.
+    """Poll a condition that no event announces, with a deadline.
 
-    Used only for requests in flight on a version (ListVersions' counter): the
-    server has no event for a request arriving, and adding one per request to the
-    hot path would cost every client for the sake of two tests."""
+    For state a test can only ask for: requests in flight on a version (the
+    server has no event per request, and one on the hot path would cost every
+    client), what another replica of a fleet reports, a file another process
+    writes, an answer on a channel that reconnects. A condition that the server
+    logs or publishes as an event is waited for on that event instead
+    (ServerProcess.wait_for, EventStream)."""
     import time
 
     deadline = time.monotonic() + timeout

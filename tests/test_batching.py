@@ -532,14 +532,11 @@ def test_sigterm_answers_every_queued_request_and_exits_0(
 
 def _logged(srv: ServerProcess, event: str, **fields: Any) -> dict[str, Any]:
     """The first log record with this event and fields (waits for it, bounded)."""
-    def find() -> dict[str, Any] | None:
-        return next((r for r in list(srv.log) if r.get("event") == event
-                     and all(r.get(k) == v for k, v in fields.items())), None)
-
-    wait_until(lambda: find() is not None, what=f"log line {event!r} {fields}")
-    record = find()
-    assert record is not None
-    return record
+    # Already read (maybe passed over by an earlier wait), else the next one to come:
+    # a record is in `srv.log` or still queued for `wait_for`, never in neither.
+    found = next((r for r in list(srv.log) if r.get("event") == event
+                  and all(r.get(k) == v for k, v in fields.items())), None)
+    return found if found is not None else srv.wait_for(event, timeout=30, **fields)
 
 
 def _serves_unbatched(shared: Shared, clients: Clients, model: str, rows: int) -> None:

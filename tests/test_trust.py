@@ -10,7 +10,7 @@ from typing import Any
 
 import make_models
 import numpy as np
-from helpers import client, infer_input, wait_until
+from helpers import client, infer_input
 from test_control import ctl, ctl_json
 
 X = np.ones((1, 4), np.float32)
@@ -133,7 +133,8 @@ def test_a_version_skipped_by_the_watermark_says_how_to_serve_it(start_server: A
     repo = _repo(tmp_path / "r")
     srv = start_server(repo)
     make_models.write_model(make_models.tiny_model(3), repo, "tiny", 3)
-    wait_until(lambda: _infer(srv.address, 1) == ["3"], what="the watcher activates 3")
+    srv.wait_for("activate", timeout=30, model="tiny", actor="watcher", to_version=3)
+    assert _infer(srv.address, 1) == ["3"]
     ctl_json(srv.control_address, "rollback", "tiny")
     ctl_json(srv.control_address, "unload", "tiny", "3")
     versions = {int(v["number"]): v for v in
