@@ -113,14 +113,16 @@ def answer(result: InferResult) -> bytes | None:
             return None
         head = _head(result, key)
     first, outputs = head
-    parts = [first]
+    parts: list[Any] = [first]  # bytes, and arrays (buffers: joined without a copy of their own)
     if result.id:
         parts.append(_text(3, result.id))
     for (header, dtype), array in zip(outputs, arrays, strict=True):
         parts.append(header)
-        parts.append(array.tobytes() if array.dtype == dtype
-                     else np.ascontiguousarray(array, dtype=dtype).tobytes())
-    return b"".join(parts)
+        parts.append(array if array.dtype == dtype else np.ascontiguousarray(array, dtype=dtype))
+    try:
+        return b"".join(parts)  # arrays join as their buffers: the one copy of the outputs
+    except TypeError:  # an output that is not row-major contiguous (rare): copied to be
+        return b"".join(p if isinstance(p, bytes) else p.tobytes() for p in parts)
 
 
 def _head(result: InferResult, key: tuple[Any, ...]
